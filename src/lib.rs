@@ -1,0 +1,3 @@
+//! Tower middleware that makes HTTP retries safe.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
