@@ -1,3 +1,55 @@
 //! Tower middleware that makes HTTP retries safe.
+//!
+//! - [`RetryLayer`]: retries driven by a pluggable [`Classifier`] (status,
+//!   `Retry-After`, pushback headers, transport errors), exponential backoff
+//!   with full jitter, a [`RetryBudget`] that caps retry amplification,
+//!   deadlines, and replay of request bodies. Requests that are not idempotent
+//!   are retried only when the server provably never acted on them or when
+//!   they carry an idempotency key.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Empty;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_reissue::{Attempts, ReplayBody, RetryLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Any tower service taking `http::Request<ReplayBody<B>>` works: a
+//! // hyper-util `Client<_, ReplayBody<B>>`, an axum router, a service_fn.
+//! let upstream = tower::service_fn(|_req: Request<ReplayBody<Empty<Bytes>>>| async {
+//!     Ok::<_, Infallible>(Response::new(()))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new().max_attempts(5).deadline(Duration::from_secs(30)))
+//!     .service(upstream);
+//!
+//! let response = client
+//!     .oneshot(Request::get("http://api.example/").body(Empty::new()).unwrap())
+//!     .await
+//!     .unwrap();
+//! assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod backoff;
+pub mod budget;
+pub mod classify;
+pub mod idempotency_key;
+pub mod request;
+pub mod retry;
+
+pub use backoff::Backoff;
+pub use budget::RetryBudget;
+pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
+pub use idempotency_key::IdempotencyKey;
+pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
+
+/// The error type of the middleware: the wrapped service's error, boxed, or
+/// one of this crate's (such as [`retry::AttemptTimedOut`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

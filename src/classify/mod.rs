@@ -1,0 +1,385 @@
+//! Deciding whether one attempt succeeded, failed for good, or may succeed if
+//! tried again.
+//!
+//! A [`Classifier`] looks at one attempt's [`Outcome`] (the response's status
+//! and headers, or the error with its `source()` chain) together with a
+//! [`RequestView`] of the request, and returns a [`Verdict`]. The
+//! [`DefaultClassifier`] implements the table below; every rule can be
+//! overridden without rewriting the others, and any
+//! `Fn(&RequestView<'_>, &Outcome<'_>) -> Verdict` closure is a classifier too.
+//!
+//! | result | verdict |
+//! |---|---|
+//! | 1xx, 2xx, 3xx | `Success` |
+//! | 4xx not listed below | `Permanent` |
+//! | 408 Request Timeout | `Transient`, processed `Maybe` |
+//! | 409 Conflict on a request that carries an idempotency key | `Transient`, processed `No` |
+//! | 409 otherwise | `Permanent` |
+//! | 429 Too Many Requests | `Transient`, processed `No` |
+//! | 500, 502, 503, 504 | `Transient`, processed `Maybe` |
+//! | other 5xx (501, 505, ...) | `Permanent` |
+//! | connect error, connection refused, DNS failure | `Transient`, processed `No` |
+//! | HTTP/2 `REFUSED_STREAM`, graceful `GOAWAY`, request canceled before it was sent | `Transient`, processed `No` |
+//! | timeout, connection reset or closed mid-exchange | `Transient`, processed `Maybe` |
+//! | any other error | `Permanent` |
+//! | on a 4xx/5xx: `x-should-retry: false` / `Stripe-Should-Retry: false` | `Permanent` (overrides) |
+//! | on a 4xx/5xx: `x-should-retry: true` / `Stripe-Should-Retry: true` | `Transient` (overrides) |
+//!
+//! The server's requested delay (`retry_after`) is read from `retry-after-ms`,
+//! then `Retry-After` (delay-seconds or HTTP-date), then any header registered
+//! with [`DefaultClassifier::delay_header`].
+
+mod default;
+mod errors;
+mod retry_after;
+
+pub use default::{DefaultClassifier, DelayUnit};
+pub use errors::classify_error;
+pub use retry_after::{parse_retry_after, parse_retry_after_ms};
+
+use http::{Extensions, HeaderMap, Method, StatusCode, Uri};
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::idempotency_key::IdempotencyKey;
+
+/// Whether the server may have acted on a failed request.
+///
+/// ```
+/// use tower_reissue::{Processed, Verdict};
+///
+/// // A 429 is answered before any work is done.
+/// let verdict = Verdict::Transient { processed: Processed::No, retry_after: None };
+/// assert!(verdict.is_transient());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Processed {
+    /// The server provably did not act on the request (connection refused,
+    /// rate limited, stream refused): repeating it is safe for any method.
+    No,
+    /// The server may have acted on the request (a 500 can come after the
+    /// email went out): only requests that are safe to repeat are retried.
+    Maybe,
+}
+
+/// What a [`Classifier`] concludes about one attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reissue::{Processed, Verdict};
+///
+/// let v = Verdict::transient(Processed::Maybe).with_retry_after(Some(Duration::from_secs(3)));
+/// assert_eq!(v.retry_after(), Some(Duration::from_secs(3)));
+/// assert!(!Verdict::Permanent.is_transient());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The attempt succeeded: hand it to the caller.
+    Success,
+    /// A failure that retrying cannot fix: hand it to the caller.
+    Permanent,
+    /// A failure that may go away if the request is tried again.
+    Transient {
+        /// Whether the server may have acted on the request.
+        processed: Processed,
+        /// The delay the server asked for, if any.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Verdict {
+    /// A transient verdict without a server-requested delay.
+    ///
+    /// ```
+    /// use tower_reissue::{Processed, Verdict};
+    /// assert_eq!(
+    ///     Verdict::transient(Processed::No),
+    ///     Verdict::Transient { processed: Processed::No, retry_after: None },
+    /// );
+    /// ```
+    pub const fn transient(processed: Processed) -> Self {
+        Verdict::Transient {
+            processed,
+            retry_after: None,
+        }
+    }
+
+    /// Whether this verdict allows a retry at all.
+    ///
+    /// ```
+    /// use tower_reissue::{Processed, Verdict};
+    /// assert!(Verdict::transient(Processed::Maybe).is_transient());
+    /// assert!(!Verdict::Success.is_transient());
+    /// ```
+    pub const fn is_transient(&self) -> bool {
+        matches!(self, Verdict::Transient { .. })
+    }
+
+    /// The server-requested delay of a transient verdict.
+    ///
+    /// ```
+    /// use tower_reissue::Verdict;
+    /// assert_eq!(Verdict::Permanent.retry_after(), None);
+    /// ```
+    pub const fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Verdict::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Sets the server-requested delay of a transient verdict; other verdicts
+    /// are returned unchanged.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_reissue::{Processed, Verdict};
+    ///
+    /// let d = Some(Duration::from_millis(1500));
+    /// assert_eq!(Verdict::transient(Processed::No).with_retry_after(d).retry_after(), d);
+    /// assert_eq!(Verdict::Success.with_retry_after(d), Verdict::Success);
+    /// ```
+    pub const fn with_retry_after(self, delay: Option<Duration>) -> Self {
+        match self {
+            Verdict::Transient { processed, .. } => Verdict::Transient {
+                processed,
+                retry_after: delay,
+            },
+            other => other,
+        }
+    }
+}
+
+/// What a classifier may know about the request behind an attempt.
+///
+/// ```
+/// use http::{HeaderMap, Method, Uri};
+/// use tower_reissue::classify::RequestView;
+///
+/// let uri = Uri::from_static("http://api.example/emails");
+/// let mut headers = HeaderMap::new();
+/// headers.insert("idempotency-key", "k-1".parse().unwrap());
+/// let view = RequestView::new(&Method::POST, &uri, &headers);
+/// assert!(view.has_idempotency_key());
+/// assert!(!view.is_idempotent_method());
+/// assert_eq!(view.attempt(), 1);
+/// ```
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: Option<&'a Extensions>,
+    attempt: u32,
+}
+
+impl<'a> RequestView<'a> {
+    /// A view of a request on its first attempt.
+    pub fn new(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        RequestView {
+            method,
+            uri,
+            headers,
+            extensions: None,
+            attempt: 1,
+        }
+    }
+
+    /// Adds the request's extensions (where the request type has them).
+    ///
+    /// ```
+    /// # use http::{Extensions, HeaderMap, Method, Uri};
+    /// # use tower_reissue::classify::RequestView;
+    /// use tower_reissue::IdempotencyKey;
+    ///
+    /// let (uri, headers) = (Uri::from_static("/"), HeaderMap::new());
+    /// let mut ext = Extensions::new();
+    /// ext.insert(IdempotencyKey::new("order-7").unwrap());
+    /// let view = RequestView::new(&Method::POST, &uri, &headers).with_extensions(&ext);
+    /// assert!(view.has_idempotency_key());
+    /// ```
+    pub fn with_extensions(mut self, extensions: &'a Extensions) -> Self {
+        self.extensions = Some(extensions);
+        self
+    }
+
+    /// Sets which attempt (1-based) the outcome belongs to.
+    ///
+    /// ```
+    /// # use http::{HeaderMap, Method, Uri};
+    /// # use tower_reissue::classify::RequestView;
+    /// # let (uri, headers) = (Uri::from_static("/"), HeaderMap::new());
+    /// let view = RequestView::new(&Method::GET, &uri, &headers).with_attempt(3);
+    /// assert_eq!(view.attempt(), 3);
+    /// ```
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The request extensions, where the request type has them.
+    pub fn extensions(&self) -> Option<&'a Extensions> {
+        self.extensions
+    }
+
+    /// Which attempt (1-based) the outcome belongs to.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the method is idempotent (RFC 9110 9.2.2): GET, HEAD, OPTIONS,
+    /// TRACE, PUT, DELETE.
+    pub fn is_idempotent_method(&self) -> bool {
+        is_idempotent(self.method)
+    }
+
+    /// The request's idempotency key: the [`IdempotencyKey`] extension, or
+    /// else an `Idempotency-Key` header.
+    ///
+    /// ```
+    /// # use http::{HeaderMap, Method, Uri};
+    /// # use tower_reissue::classify::RequestView;
+    /// # let uri = Uri::from_static("/");
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("idempotency-key", "abc".parse().unwrap());
+    /// let view = RequestView::new(&Method::POST, &uri, &headers);
+    /// assert_eq!(view.idempotency_key(), Some("abc"));
+    /// ```
+    pub fn idempotency_key(&self) -> Option<&'a str> {
+        if let Some(key) = self.extensions.and_then(|e| e.get::<IdempotencyKey>()) {
+            return Some(key.as_str());
+        }
+        self.headers
+            .get(crate::idempotency_key::IDEMPOTENCY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Whether the request carries an idempotency key.
+    pub fn has_idempotency_key(&self) -> bool {
+        self.idempotency_key().is_some()
+    }
+}
+
+impl fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestView")
+            .field("method", self.method)
+            .field("uri", self.uri)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a method is idempotent (RFC 9110 9.2.2).
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The result of one attempt, as a classifier sees it.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_reissue::classify::Outcome;
+///
+/// let headers = HeaderMap::new();
+/// let outcome = Outcome::Response { status: StatusCode::OK, headers: &headers };
+/// assert_eq!(outcome.status(), Some(StatusCode::OK));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The server answered.
+    Response {
+        /// The response status.
+        status: StatusCode,
+        /// The response headers.
+        headers: &'a HeaderMap,
+    },
+    /// The attempt failed without a response. Walk
+    /// [`source()`](std::error::Error::source) to find the cause.
+    Error(&'a (dyn StdError + 'static)),
+}
+
+impl<'a> Outcome<'a> {
+    /// The response status, if the server answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Outcome::Response { status, .. } => Some(*status),
+            Outcome::Error(_) => None,
+        }
+    }
+
+    /// The response headers, if the server answered.
+    pub fn headers(&self) -> Option<&'a HeaderMap> {
+        match self {
+            Outcome::Response { headers, .. } => Some(headers),
+            Outcome::Error(_) => None,
+        }
+    }
+
+    /// The error, if the attempt failed without a response.
+    pub fn error(&self) -> Option<&'a (dyn StdError + 'static)> {
+        match self {
+            Outcome::Error(e) => Some(*e),
+            Outcome::Response { .. } => None,
+        }
+    }
+}
+
+/// Decides what one attempt's outcome means for retrying.
+///
+/// Implement it for full control, or start from [`DefaultClassifier`] and
+/// override single rules. Closures work too:
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_reissue::classify::{Outcome, RequestView};
+/// use tower_reissue::{Classifier, Processed, RetryLayer, Verdict};
+///
+/// // Retry only 503s, nothing else.
+/// let only_503 = |_req: &RequestView<'_>, outcome: &Outcome<'_>| match outcome.status() {
+///     Some(s) if s == StatusCode::SERVICE_UNAVAILABLE => Verdict::transient(Processed::Maybe),
+///     Some(s) if s.is_success() => Verdict::Success,
+///     _ => Verdict::Permanent,
+/// };
+/// let layer = RetryLayer::new().classifier(only_503);
+/// # let _ = layer;
+/// ```
+pub trait Classifier {
+    /// Classifies the outcome of one attempt of `request`.
+    fn classify(&self, request: &RequestView<'_>, outcome: &Outcome<'_>) -> Verdict;
+}
+
+impl<F> Classifier for F
+where
+    F: Fn(&RequestView<'_>, &Outcome<'_>) -> Verdict,
+{
+    fn classify(&self, request: &RequestView<'_>, outcome: &Outcome<'_>) -> Verdict {
+        self(request, outcome)
+    }
+}
+
+impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
+    fn classify(&self, request: &RequestView<'_>, outcome: &Outcome<'_>) -> Verdict {
+        (**self).classify(request, outcome)
+    }
+}

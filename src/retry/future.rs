@@ -1,0 +1,281 @@
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::{
+    AttemptTimedOut, Attempts, DeadlineExceeded, GiveUpEvent, GiveUpReason, RetryEvent, RetryLayer,
+    safety,
+};
+use crate::BoxError;
+use crate::Verdict;
+use crate::classify::{Classifier, Outcome, RequestView};
+use crate::request::{RequestTemplate, RetryResponse};
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, T, C>
+    where
+        S: Service<T::Attempt>,
+        T: RequestTemplate,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        template: T,
+        config: Arc<RetryLayer<C>>,
+        attempt: u32,
+        previous_delay: Duration,
+        deadline: Option<Instant>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling {
+            #[pin]
+            future: F,
+            #[pin]
+            timeout: Option<Sleep>,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+        },
+        Ready,
+    }
+}
+
+impl<S, T, C> ResponseFuture<S, T, C>
+where
+    S: Service<T::Attempt>,
+    T: RequestTemplate,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        template: T,
+        config: Arc<RetryLayer<C>>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        let timeout = attempt_timeout(config.attempt_timeout, deadline);
+        ResponseFuture {
+            state: State::Calling { future, timeout },
+            service,
+            template,
+            config,
+            attempt: 1,
+            previous_delay: Duration::ZERO,
+            deadline,
+        }
+    }
+}
+
+/// The timer bounding one attempt: the per-attempt timeout or what is left
+/// of the deadline, whichever ends first.
+fn attempt_timeout(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Sleep> {
+    let by_timeout = timeout.map(|t| Instant::now() + t);
+    match (by_timeout, deadline) {
+        (None, None) => None,
+        (Some(a), Some(b)) => Some(tokio::time::sleep_until(a.min(b))),
+        (Some(at), None) | (None, Some(at)) => Some(tokio::time::sleep_until(at)),
+    }
+}
+
+impl<S, T, C> Future for ResponseFuture<S, T, C>
+where
+    S: Service<T::Attempt>,
+    S::Response: RetryResponse,
+    S::Error: Into<BoxError>,
+    T: RequestTemplate,
+    C: Classifier,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future, timeout } => {
+                    let mut result = match future.poll(cx) {
+                        Poll::Ready(result) => result.map_err(Into::into),
+                        Poll::Pending => {
+                            let expired =
+                                timeout.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            Err(timed_out(*this.deadline))
+                        }
+                    };
+                    let request = this.template.view().with_attempt(*this.attempt);
+                    let outcome = match &result {
+                        Ok(response) => Outcome::Response {
+                            status: response.status(),
+                            headers: response.headers(),
+                        },
+                        Err(error) => Outcome::Error(&**error),
+                    };
+                    let verdict = this.config.classifier.classify(&request, &outcome);
+                    let decision = decide(
+                        this.config,
+                        this.template,
+                        &request,
+                        verdict,
+                        *this.attempt,
+                        *this.previous_delay,
+                        *this.deadline,
+                    );
+                    let delay = match decision {
+                        Ok(delay) => delay,
+                        Err(reason) => {
+                            if let Some(reason) = reason {
+                                give_up(this.config, request, *this.attempt, verdict, reason);
+                            }
+                            if let Ok(response) = &mut result {
+                                response.extensions_mut().insert(Attempts(*this.attempt));
+                            }
+                            return Poll::Ready(result);
+                        }
+                    };
+                    tracing::debug!(
+                        target: "tower_reissue::retry",
+                        method = %request.method(),
+                        uri = %request.uri(),
+                        attempt = *this.attempt,
+                        ?verdict,
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying"
+                    );
+                    if let Some(hook) = &this.config.on_retry {
+                        hook(&RetryEvent {
+                            request,
+                            attempt: *this.attempt,
+                            verdict,
+                            delay,
+                        });
+                    }
+                    // The failed response is dropped here: the caller only
+                    // ever sees the attempt that ends the request.
+                    drop(result);
+                    *this.attempt += 1;
+                    *this.previous_delay = delay;
+                    if delay.is_zero() {
+                        this.state.set(State::Ready);
+                    } else {
+                        this.state.set(State::Waiting {
+                            sleep: tokio::time::sleep(delay),
+                        });
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    // Checked before the delay; fails only if a body copy was
+                    // taken back in the meantime, and then the caller is told.
+                    let request = this.template.replay()?;
+                    let future = this.service.call(request);
+                    let timeout = attempt_timeout(this.config.attempt_timeout, *this.deadline);
+                    this.state.set(State::Calling { future, timeout });
+                }
+            }
+        }
+    }
+}
+
+fn timed_out(deadline: Option<Instant>) -> BoxError {
+    match deadline {
+        Some(deadline) if Instant::now() >= deadline => Box::new(DeadlineExceeded),
+        _ => Box::new(AttemptTimedOut),
+    }
+}
+
+/// `Ok(delay)` to retry after `delay`; `Err(None)` on success;
+/// `Err(Some(reason))` to hand a failure to the caller.
+fn decide<C, T: RequestTemplate>(
+    config: &RetryLayer<C>,
+    template: &T,
+    request: &RequestView<'_>,
+    verdict: Verdict,
+    attempt: u32,
+    previous_delay: Duration,
+    deadline: Option<Instant>,
+) -> Result<Duration, Option<GiveUpReason>> {
+    let (processed, retry_after) = match verdict {
+        Verdict::Success => return Err(None),
+        Verdict::Permanent => return Err(Some(GiveUpReason::Permanent)),
+        Verdict::Transient {
+            processed,
+            retry_after,
+        } => (processed, retry_after),
+    };
+    safety(request, processed).map_err(Some)?;
+    if attempt >= config.max_attempts {
+        return Err(Some(GiveUpReason::MaxAttempts));
+    }
+    template
+        .check_replayable()
+        .map_err(|why| Some(GiveUpReason::NotReplayable(why)))?;
+    let delay = match retry_after {
+        Some(asked) if asked > config.max_retry_after => {
+            return Err(Some(GiveUpReason::RetryAfterTooLong));
+        }
+        Some(asked) => asked + retry_after_jitter(asked),
+        None => config.backoff.delay(attempt, previous_delay),
+    };
+    if let Some(deadline) = deadline {
+        if Instant::now() + delay >= deadline {
+            return Err(Some(GiveUpReason::Deadline));
+        }
+    }
+    if let Some(budget) = &config.budget {
+        if !budget.withdraw() {
+            return Err(Some(GiveUpReason::BudgetExhausted));
+        }
+    }
+    Ok(delay)
+}
+
+/// Up to a tenth of the server's delay, at most one second: enough to spread
+/// clients told the same instant, never enough to matter to the server.
+fn retry_after_jitter(asked: Duration) -> Duration {
+    let bound = (asked / 10).min(Duration::from_secs(1));
+    if bound.is_zero() {
+        return Duration::ZERO;
+    }
+    crate::Backoff::exponential(bound, bound).delay(1, Duration::ZERO)
+}
+
+fn give_up<C>(
+    config: &RetryLayer<C>,
+    request: RequestView<'_>,
+    attempts: u32,
+    verdict: Verdict,
+    reason: GiveUpReason,
+) {
+    tracing::debug!(
+        target: "tower_reissue::retry",
+        method = %request.method(),
+        uri = %request.uri(),
+        attempts,
+        ?verdict,
+        %reason,
+        "giving up"
+    );
+    if let Some(hook) = &config.on_give_up {
+        hook(&GiveUpEvent {
+            request,
+            attempts,
+            verdict,
+            reason,
+        });
+    }
+}

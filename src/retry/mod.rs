@@ -1,0 +1,252 @@
+//! Classified, budgeted retries for any tower HTTP client.
+//!
+//! [`RetryLayer`] wraps a client service. Each response or error is
+//! classified (see [`classify`](crate::classify)); a failed attempt is
+//! retried only when all of these hold:
+//!
+//! 1. the verdict is `Transient`;
+//! 2. the request is safe to repeat: the server provably did not process it
+//!    (`Processed::No`), or its method is idempotent (GET, HEAD, OPTIONS,
+//!    TRACE, PUT, DELETE), or it carries an idempotency key (the
+//!    [`IdempotencyKey`](crate::IdempotencyKey) extension or an
+//!    `Idempotency-Key` header); a [`Retryable`] extension forces either way;
+//! 3. fewer than `max_attempts` attempts were made (default 3, counting the
+//!    first);
+//! 4. the body can be replayed (it fit in `replay_limit`, default 64 KiB);
+//! 5. the server's `retry_after` is not over `max_retry_after` (default 60 s):
+//!    a server asking for an hour gets its response handed back at once;
+//! 6. the delay ends before the deadline, if one is set;
+//! 7. the [`RetryBudget`](crate::RetryBudget) allows it.
+//!
+//! The delay is the server's `retry_after` plus a jitter of up to a tenth of
+//! it (at most one second), so that clients told the same instant do not all
+//! come back at once; otherwise the [`Backoff`](crate::Backoff) (by default
+//! exponential with full jitter, base 100 ms, cap 10 s).
+//!
+//! When it gives up, the caller gets the last response or error unchanged.
+//! Every response carries an [`Attempts`] extension. Each retry and each
+//! give-up is a `tracing` event (target `tower_reissue::retry`) and a call to
+//! the [`on_retry`](RetryLayer::on_retry) / [`on_give_up`](RetryLayer::on_give_up)
+//! hooks.
+
+mod body;
+mod future;
+mod layer;
+mod service;
+
+pub use body::ReplayBody;
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use service::Retry;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::classify::RequestView;
+use crate::{Processed, Verdict};
+
+/// How many attempts a response took, in its extensions.
+///
+/// ```
+/// use tower_reissue::Attempts;
+/// let attempts = Attempts(2);
+/// assert_eq!(attempts.get(), 2);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attempts(pub u32);
+
+impl Attempts {
+    /// The number of attempts, counting the first.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A per-request override of the safety rule, set as a request extension.
+///
+/// ```
+/// use http::Request;
+/// use tower_reissue::retry::Retryable;
+///
+/// // This POST is an upsert keyed by its URL: repeating it is harmless.
+/// let mut request = Request::post("http://api.example/users/7").body(()).unwrap();
+/// request.extensions_mut().insert(Retryable::Yes);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retryable {
+    /// Treat the request as safe to repeat, whatever its method. Only
+    /// `Transient` verdicts are retried all the same.
+    Yes,
+    /// Never retry this request.
+    No,
+}
+
+/// Why a request's body cannot be sent again.
+///
+/// ```
+/// use tower_reissue::retry::NotReplayable;
+/// let reason = NotReplayable::TooLarge { limit: 65536 };
+/// assert_eq!(reason.to_string(), "the request body is over the replay limit of 65536 bytes");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NotReplayable {
+    /// The body was larger than the replay limit, so no copy was kept.
+    TooLarge {
+        /// The replay limit in bytes.
+        limit: usize,
+    },
+    /// Reading the original body failed.
+    BodyFailed,
+    /// An earlier attempt still holds the unread rest of the body (for
+    /// example a connection still writing it after the server answered).
+    InUse,
+    /// The request type cannot be copied (for example a `reqwest` request
+    /// with a streaming body).
+    Unclonable,
+}
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReplayable::TooLarge { limit } => write!(
+                f,
+                "the request body is over the replay limit of {limit} bytes"
+            ),
+            NotReplayable::BodyFailed => f.write_str("reading the request body failed"),
+            NotReplayable::InUse => {
+                f.write_str("an earlier attempt still holds the rest of the request body")
+            }
+            NotReplayable::Unclonable => f.write_str("the request cannot be copied"),
+        }
+    }
+}
+
+impl std::error::Error for NotReplayable {}
+
+/// Why the retry layer stopped and handed a failure to the caller.
+///
+/// ```
+/// use tower_reissue::retry::GiveUpReason;
+/// assert_eq!(GiveUpReason::BudgetExhausted.to_string(), "the retry budget is exhausted");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// The classifier called the failure permanent.
+    Permanent,
+    /// The server may have acted on the request and repeating it is not
+    /// safe: a non-idempotent method without an idempotency key.
+    NotSafe,
+    /// A [`Retryable::No`] extension forbade retries.
+    Disabled,
+    /// `max_attempts` attempts were made.
+    MaxAttempts,
+    /// The request body cannot be sent again.
+    NotReplayable(NotReplayable),
+    /// The server asked to wait longer than `max_retry_after`.
+    RetryAfterTooLong,
+    /// The next attempt could not start before the deadline.
+    Deadline,
+    /// The retry budget is exhausted.
+    BudgetExhausted,
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GiveUpReason::Permanent => f.write_str("the failure is permanent"),
+            GiveUpReason::NotSafe => f.write_str(
+                "the request may have been processed and is not safe to repeat (no idempotency key)",
+            ),
+            GiveUpReason::Disabled => f.write_str("retries are disabled for this request"),
+            GiveUpReason::MaxAttempts => f.write_str("the maximum number of attempts was reached"),
+            GiveUpReason::NotReplayable(why) => write!(f, "the body cannot be replayed: {why}"),
+            GiveUpReason::RetryAfterTooLong => {
+                f.write_str("the server asked to wait longer than max_retry_after")
+            }
+            GiveUpReason::Deadline => f.write_str("the deadline leaves no time for another attempt"),
+            GiveUpReason::BudgetExhausted => f.write_str("the retry budget is exhausted"),
+        }
+    }
+}
+
+/// A retry about to be made, as passed to [`RetryLayer::on_retry`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RetryEvent<'a> {
+    /// The request (method, URI, headers, idempotency key).
+    pub request: RequestView<'a>,
+    /// The attempt that failed (1-based); the next one is `attempt + 1`.
+    pub attempt: u32,
+    /// The failed attempt's verdict.
+    pub verdict: Verdict,
+    /// How long the layer waits before the next attempt.
+    pub delay: Duration,
+}
+
+/// A failure handed to the caller, as passed to [`RetryLayer::on_give_up`].
+///
+/// It carries enough of the request to queue the operation for a later
+/// replay or a reconciliation: method, URI, headers and idempotency key.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct GiveUpEvent<'a> {
+    /// The request (method, URI, headers, idempotency key).
+    pub request: RequestView<'a>,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// The last attempt's verdict.
+    pub verdict: Verdict,
+    /// Why no further attempt is made.
+    pub reason: GiveUpReason,
+}
+
+/// The per-attempt timeout elapsed before the server answered.
+///
+/// ```
+/// use tower_reissue::retry::AttemptTimedOut;
+/// assert_eq!(AttemptTimedOut.to_string(), "the attempt timed out");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptTimedOut;
+
+impl fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the attempt timed out")
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
+
+/// The overall deadline passed while an attempt was in flight.
+///
+/// ```
+/// use tower_reissue::retry::DeadlineExceeded;
+/// assert_eq!(DeadlineExceeded.to_string(), "the request deadline passed");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeadlineExceeded;
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request deadline passed")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Whether the request may be sent again after a transient failure.
+pub(crate) fn safety(request: &RequestView<'_>, processed: Processed) -> Result<(), GiveUpReason> {
+    match request.extensions().and_then(|e| e.get::<Retryable>()) {
+        Some(Retryable::No) => return Err(GiveUpReason::Disabled),
+        Some(Retryable::Yes) => return Ok(()),
+        None => {}
+    }
+    if processed == Processed::No || request.is_idempotent_method() || request.has_idempotency_key()
+    {
+        Ok(())
+    } else {
+        Err(GiveUpReason::NotSafe)
+    }
+}

@@ -1,0 +1,112 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::{ResponseFuture, RetryLayer};
+use crate::BoxError;
+use crate::classify::Classifier;
+use crate::request::{RetryRequest, RetryResponse};
+
+/// Retries failed attempts of requests that are safe to repeat.
+///
+/// Made by [`RetryLayer`]; see the [module docs](super) for the rules. The
+/// wrapped service must be `Clone` (each logical request drives its own
+/// clone), as with `tower::retry`.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Empty;
+/// use bytes::Bytes;
+/// use tower::ServiceExt;
+/// use tower_reissue::{Attempts, ReplayBody, RetryLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inner = tower::service_fn(|_req: Request<ReplayBody<Empty<Bytes>>>| async {
+///     Ok::<_, Infallible>(Response::new(()))
+/// });
+/// let client = tower::Layer::layer(&RetryLayer::new(), inner);
+/// let request = Request::get("http://api.example/").body(Empty::<Bytes>::new()).unwrap();
+/// let response = client.oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+/// assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
+/// # }
+/// ```
+pub struct Retry<S, C> {
+    inner: S,
+    config: Arc<RetryLayer<C>>,
+}
+
+impl<S, C> Retry<S, C> {
+    pub(crate) fn from_layer(inner: S, config: Arc<RetryLayer<C>>) -> Self {
+        Retry { inner, config }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C> Clone for Retry<S, C> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Retry<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, C, R> Service<R> for Retry<S, C>
+where
+    R: RetryRequest,
+    S: Service<R::Attempt> + Clone,
+    S::Response: RetryResponse,
+    S::Error: Into<BoxError>,
+    C: Classifier,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, R::Template, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        // The ready service drives this request; the clone takes its place
+        // for the next `poll_ready`.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let config = &*self.config;
+        if let Some(budget) = &config.budget {
+            budget.deposit();
+        }
+        let deadline = config.deadline.map(|d| Instant::now() + d);
+        let (attempt, template) = request.into_attempt(config.replay_limit);
+        let future = service.call(attempt);
+        ResponseFuture::new(future, service, template, self.config.clone(), deadline)
+    }
+}
