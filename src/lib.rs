@@ -1,3 +1,7 @@
 //! Tower middleware that makes HTTP retries safe.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod idempotency;
+
+pub use idempotency::{IdempotencyStore, MemoryStore};
