@@ -4,4 +4,4 @@
 
 pub mod idempotency;
 
-pub use idempotency::{IdempotencyStore, MemoryStore};
+pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};

@@ -1,4 +1,4 @@
-//! The storage contract behind `IdempotencyLayer`.
+//! The storage contract behind [`IdempotencyLayer`](super::IdempotencyLayer).
 //!
 //! A store keeps one *record* per [`RecordKey`] (a principal plus an
 //! `Idempotency-Key`). A record is either **in flight** (claimed by one request
@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-/// The storage behind `IdempotencyLayer`.
+/// The storage behind [`IdempotencyLayer`](super::IdempotencyLayer).
 ///
 /// # Contract
 ///
@@ -218,7 +218,7 @@ impl RecordKey {
     }
 
     /// The principal the record belongs to (see
-    /// `Principal`).
+    /// [`Principal`](super::Principal)).
     pub fn principal(&self) -> &str {
         &self.principal
     }
