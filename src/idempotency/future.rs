@@ -12,9 +12,11 @@ use super::body::ResponseBody;
 /// The future of a request that carries an idempotency key.
 ///
 /// Such a request awaits store operations whose future types a store
-/// implementation does not have to name, so it is boxed once per keyed request
-/// (one allocation, measured as noise next to hashing the body and buffering
-/// the response). Requests without a key are not boxed.
+/// implementation does not have to name, so it is boxed once per keyed request:
+/// one allocation, small next to the keyed path's other work (reading and
+/// hashing the body, the store round trips, buffering the response), which
+/// `benches/idempotency.rs` puts at about 5 µs per request. Requests without a
+/// key are not boxed.
 pub(crate) type KeyedFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
