@@ -6,6 +6,10 @@
 //!   deadlines, and replay of request bodies. Requests that are not idempotent
 //!   are retried only when the server provably never acted on them or when
 //!   they carry an idempotency key.
+//! - [`IdempotencyLayer`]: the server side. It stores the first result under
+//!   the request's `Idempotency-Key` and replays it, rejects concurrent
+//!   duplicates (409) and a key reused for another payload (422), with a
+//!   pluggable [`IdempotencyStore`] ([`MemoryStore`] by default).
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -40,6 +44,7 @@
 pub mod backoff;
 pub mod budget;
 pub mod classify;
+pub mod idempotency;
 pub mod idempotency_key;
 pub mod request;
 pub mod retry;
@@ -47,6 +52,7 @@ pub mod retry;
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
+pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 pub use idempotency_key::IdempotencyKey;
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 

@@ -1,0 +1,495 @@
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::StoreDecision;
+use super::body::{BoxError, ResponseBody};
+use super::future::ResponseFuture;
+use super::key;
+use super::layer::Config;
+use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
+use super::problem::Problem;
+use super::store::{
+    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+    StoredResponse,
+};
+
+/// The response header marking a replayed result.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Connection-level headers: they describe one transfer, not the result, so
+/// they are not stored.
+const CONNECTION_HEADERS: [HeaderName; 6] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// The service built by [`IdempotencyLayer`](super::IdempotencyLayer).
+///
+/// The inner service receives requests whose body is
+/// `Either<Full<Bytes>, B>`: the buffered body (`Left`) for a request with a
+/// key, which had to be read to fingerprint it, or the original body
+/// (`Right`) for one without.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{Either, Full};
+/// use tower::{Layer, ServiceExt};
+/// use tower_reissue::{IdempotencyLayer, MemoryStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let handler = tower::service_fn(|request: Request<Either<Full<Bytes>, Full<Bytes>>>| async move {
+///     Ok::<_, Infallible>(Response::new(request.into_body()))
+/// });
+/// let service = IdempotencyLayer::new(MemoryStore::new()).layer(handler);
+/// let request = Request::post("/").header("idempotency-key", "\"k\"").body(Full::new(Bytes::from("x"))).unwrap();
+/// let response = service.clone().oneshot(request).await?;
+/// assert_eq!(response.status(), 200);
+/// # Ok::<_, Infallible>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct Idempotency<S, St, P = AuthorizationPrincipal> {
+    inner: S,
+    store: St,
+    principal: P,
+    config: Arc<Config>,
+}
+
+impl<S, St, P> Idempotency<S, St, P> {
+    pub(crate) fn from_parts(inner: S, store: St, principal: P, config: Arc<Config>) -> Self {
+        Self {
+            inner,
+            store,
+            principal,
+            config,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, St, P, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, St, P>
+where
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: IdempotencyStore,
+    P: PrincipalExtractor,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let key = match key::parse(request.headers()) {
+            Ok(Some(key)) => key,
+            Ok(None) if self.config.required_for.contains(request.method()) => {
+                return ResponseFuture::immediate(Problem::KeyMissing.into_response());
+            }
+            Ok(None) => {
+                return ResponseFuture::passthrough(self.inner.call(request.map(Either::Right)));
+            }
+            Err(err) => return ResponseFuture::immediate(Problem::KeyInvalid(err).into_response()),
+        };
+        // `poll_ready` readied `self.inner`; the request runs later, so take
+        // that instance and leave a fresh clone for the next call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = request.into_parts();
+        let record = RecordKey::new(self.principal.principal(&parts).into_string(), key);
+        ResponseFuture::keyed(Box::pin(run_keyed(
+            inner,
+            self.store.clone(),
+            self.config.clone(),
+            record,
+            parts,
+            body,
+        )))
+    }
+}
+
+async fn run_keyed<S, St, ReqBody, ResBody>(
+    mut inner: S,
+    store: St,
+    config: Arc<Config>,
+    record: RecordKey,
+    parts: Parts,
+    body: ReqBody,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
+    St: IdempotencyStore,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let body = match read_request_body(body, config.max_request_body).await {
+        Ok(body) => body,
+        Err(problem) => return Ok(problem.into_response()),
+    };
+    let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &body);
+    let token = match claim(&store, &config, &record, &fingerprint).await {
+        Ok(token) => token,
+        Err(answer) => return Ok(answer),
+    };
+    let request = Request::from_parts(parts, Either::Left(Full::new(body)));
+    let Some(token) = token else {
+        // Failing open: the store could not be asked, run unprotected.
+        return Ok(inner.call(request).await?.map(ResponseBody::inner));
+    };
+    let held = HeldClaim {
+        store,
+        record,
+        token,
+        settled: false,
+    };
+    let executed = held
+        .renewing(config.lease, execute(inner, request, config.max_body))
+        .await;
+    match executed {
+        Err(err) => {
+            held.release().await;
+            Err(err)
+        }
+        Ok(Executed::Release(response)) => {
+            held.release().await;
+            Ok(response)
+        }
+        Ok(Executed::Store(response, outcome)) => {
+            held.complete(outcome, config.ttl).await;
+            Ok(response)
+        }
+    }
+}
+
+async fn read_request_body<B>(body: B, limit: usize) -> Result<Bytes, Problem>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = Problem::RequestTooLarge { limit };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(too_large),
+        Err(_) => Err(Problem::RequestUnreadable),
+    }
+}
+
+/// Claims the record: `Ok(Some(token))` to run the request, `Ok(None)` to run
+/// it unprotected (failing open), `Err(response)` to answer without running.
+async fn claim<St: IdempotencyStore, B>(
+    store: &St,
+    config: &Config,
+    record: &RecordKey,
+    fingerprint: &Fingerprint,
+) -> Result<Option<FencingToken>, Response<ResponseBody<B>>> {
+    let give_up_at = config
+        .wait_for_result
+        .map(|timeout| Instant::now() + timeout);
+    loop {
+        match store.claim(record, fingerprint, config.lease).await {
+            Ok(Claim::Acquired(token)) => return Ok(Some(token)),
+            Ok(
+                Claim::Completed {
+                    fingerprint: stored,
+                    ..
+                }
+                | Claim::InFlight {
+                    fingerprint: stored,
+                },
+            ) if stored != *fingerprint => {
+                return Err(Problem::KeyReused.into_response());
+            }
+            Ok(Claim::Completed { outcome, .. }) => return Err(replay(outcome)),
+            Ok(Claim::InFlight { .. }) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, key = record.key(), "idempotency store failed to claim");
+                return if config.fail_open {
+                    Ok(None)
+                } else {
+                    Err(Problem::StoreUnavailable {
+                        retry_after: config.store_retry_after,
+                    }
+                    .into_response())
+                };
+            }
+        }
+        match give_up_at {
+            Some(deadline) if Instant::now() < deadline => {
+                tokio::time::sleep_until(deadline.min(Instant::now() + config.wait_poll_interval))
+                    .await;
+            }
+            _ => {
+                return Err(Problem::InFlight {
+                    retry_after: config.conflict_retry_after,
+                }
+                .into_response());
+            }
+        }
+    }
+}
+
+fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
+    match outcome {
+        Outcome::Response(stored) => {
+            let mut response = Response::new(ResponseBody::full(stored.body));
+            *response.status_mut() = stored.status;
+            *response.headers_mut() = stored.headers;
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            response
+        }
+        Outcome::NotStored { status } => Problem::ResponseNotStored { status }.into_response(),
+    }
+}
+
+/// What to do with the claim once the handler has answered.
+enum Executed<B> {
+    Store(Response<ResponseBody<B>>, Outcome),
+    Release(Response<ResponseBody<B>>),
+}
+
+async fn execute<S, ReqBody, ResBody>(
+    mut inner: S,
+    request: Request<ReqBody>,
+    max_body: usize,
+) -> Result<Executed<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let response = inner.call(request).await?;
+    let keep = match response.extensions().get::<StoreDecision>() {
+        Some(StoreDecision::Store) => true,
+        Some(StoreDecision::Release) => false,
+        None => stored_by_default(response.status()),
+    };
+    if !keep {
+        return Ok(Executed::Release(response.map(ResponseBody::inner)));
+    }
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let not_stored = Outcome::NotStored { status };
+    if body.size_hint().lower() > max_body as u64 {
+        let response = Response::from_parts(parts, ResponseBody::inner(body));
+        return Ok(Executed::Store(response, not_stored));
+    }
+    Ok(match buffer(body, max_body).await {
+        Buffered::Complete(bytes) => {
+            let mut headers = parts.headers.clone();
+            strip_connection_headers(&mut headers);
+            let stored = StoredResponse {
+                status,
+                headers,
+                body: bytes.clone(),
+            };
+            let response = Response::from_parts(parts, ResponseBody::full(bytes));
+            Executed::Store(response, Outcome::Response(stored))
+        }
+        Buffered::Unstorable(body) => {
+            Executed::Store(Response::from_parts(parts, body), not_stored)
+        }
+        Buffered::Failed(body) => Executed::Release(Response::from_parts(parts, body)),
+    })
+}
+
+/// Results a retry could change (a timeout, a conflict, rate limiting, a
+/// server error) are not stored, so the key can run again.
+fn stored_by_default(status: StatusCode) -> bool {
+    !(status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 425 | 429))
+}
+
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in &CONNECTION_HEADERS {
+        headers.remove(name);
+    }
+}
+
+enum Buffered<B> {
+    Complete(Bytes),
+    /// Over `max_body`, or carrying trailers: sent on, not stored.
+    Unstorable(ResponseBody<B>),
+    /// The body failed: sent on up to the error, and the claim released.
+    Failed(ResponseBody<B>),
+}
+
+async fn buffer<B>(body: B, max_body: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Boxed so that the unread rest can be handed on after a partial read.
+    let mut body = Box::pin(body);
+    let mut read = VecDeque::new();
+    let mut len = 0;
+    loop {
+        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => return Buffered::Complete(concat(read)),
+            Some(Ok(frame)) => {
+                let is_data = frame.is_data();
+                len += frame.data_ref().map_or(0, Bytes::len);
+                read.push_back(frame);
+                if !is_data || len > max_body {
+                    return Buffered::Unstorable(ResponseBody::resumed(read, Some(body), None));
+                }
+            }
+            Some(Err(err)) => {
+                return Buffered::Failed(ResponseBody::resumed(read, None, Some(err.into())));
+            }
+        }
+    }
+}
+
+fn concat(frames: VecDeque<Frame<Bytes>>) -> Bytes {
+    let mut chunks = frames
+        .into_iter()
+        .filter_map(|frame| frame.into_data().ok());
+    let Some(first) = chunks.next() else {
+        return Bytes::new();
+    };
+    let Some(second) = chunks.next() else {
+        return first;
+    };
+    let mut all = BytesMut::from(&first[..]);
+    all.extend_from_slice(&second);
+    chunks.for_each(|chunk| all.extend_from_slice(&chunk));
+    all.freeze()
+}
+
+/// A claim this request holds, from acquisition until it is completed or
+/// released.
+struct HeldClaim<St: IdempotencyStore> {
+    store: St,
+    record: RecordKey,
+    token: FencingToken,
+    settled: bool,
+}
+
+impl<St: IdempotencyStore> HeldClaim<St> {
+    /// Drives `work` while renewing the lease every third of it, so a slow
+    /// handler keeps its claim for as long as it runs.
+    async fn renewing<F: Future>(&self, lease: Duration, work: F) -> F::Output {
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let renew = || self.store.renew(&self.record, self.token, lease);
+        let mut work = pin!(work);
+        let mut tick = pin!(tokio::time::sleep(period));
+        let mut renewal = pin!(none_of(&renew));
+        let mut lost = false;
+        poll_fn(move |cx: &mut Context<'_>| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(output);
+            }
+            loop {
+                if lost {
+                    return Poll::Pending;
+                }
+                if let Some(pending) = renewal.as_mut().as_pin_mut() {
+                    match ready!(pending.poll(cx)) {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseLost) => {
+                            tracing::warn!(key = self.record.key(), "idempotency lease lost while the handler ran; its result will not be stored");
+                            lost = true;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, key = self.record.key(), "failed to renew idempotency lease");
+                        }
+                    }
+                    renewal.set(None);
+                    tick.as_mut().reset(Instant::now() + period);
+                }
+                if !lost {
+                    ready!(tick.as_mut().poll(cx));
+                    renewal.set(Some(renew()));
+                }
+            }
+        })
+        .await
+    }
+
+    async fn complete(mut self, outcome: Outcome, ttl: Duration) {
+        self.settled = true;
+        if let Err(err) = self
+            .store
+            .complete(&self.record, self.token, outcome, ttl)
+            .await
+        {
+            tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result");
+        }
+    }
+
+    async fn release(mut self) {
+        self.settled = true;
+        if let Err(err) = self.store.release(&self.record, self.token).await {
+            tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
+        }
+    }
+}
+
+impl<St: IdempotencyStore> Drop for HeldClaim<St> {
+    fn drop(&mut self) {
+        // A handler that panicked did not finish: release so a retry runs.
+        // Any other drop (the client went away, the server shut down) leaves
+        // the claim to expire with its lease, as after a crash.
+        if self.settled || !std::thread::panicking() {
+            return;
+        }
+        let (store, record, token) = (self.store.clone(), self.record.clone(), self.token);
+        let mut release = Box::pin(async move {
+            if let Err(err) = store.release(&record, token).await {
+                tracing::warn!(error = %err, key = record.key(), "failed to release idempotency claim after a panic");
+            }
+        });
+        // An in-process store releases on the first poll, before the panic's
+        // 500 reaches the client; a networked one finishes on the runtime.
+        let mut cx = Context::from_waker(Waker::noop());
+        if release.as_mut().poll(&mut cx).is_pending() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(release);
+            }
+        }
+    }
+}
+
+/// `None`, typed as the option of what `make` returns, without calling it.
+fn none_of<T>(_make: &impl Fn() -> T) -> Option<T> {
+    None
+}

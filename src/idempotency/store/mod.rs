@@ -1,0 +1,516 @@
+//! The storage contract behind [`IdempotencyLayer`](super::IdempotencyLayer).
+//!
+//! A store keeps one *record* per [`RecordKey`] (a principal plus an
+//! `Idempotency-Key`). A record is either **in flight** (claimed by one request
+//! that holds a lease and a [`FencingToken`]) or **completed** (it holds the
+//! [`Outcome`] to replay until its time to live runs out).
+//!
+//! ```text
+//!              claim (no live record)               complete(token)
+//!   (absent) ───────────────────────▶ in flight ─────────────────────▶ completed
+//!      ▲                               │   ▲  │                          │
+//!      │          release(token)       │   └──┘ renew(token)             │
+//!      ├───────────────────────────────┘                                 │
+//!      │          lease runs out (the next claim takes over)             │
+//!      ├─────────────────────────────────────────────────────────────────┘
+//!                 ttl runs out
+//! ```
+//!
+//! [`MemoryStore`] implements the trait for one process; a
+//! store shared by many server instances (Redis, Postgres, DynamoDB...) follows
+//! the same contract, described on [`IdempotencyStore`].
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// The storage behind [`IdempotencyLayer`](super::IdempotencyLayer).
+///
+/// # Contract
+///
+/// Every implementation must provide these guarantees; the layer's
+/// exactly-once behaviour rests on them. "Now" is the store's own clock.
+///
+/// * A record is **live** while it is in flight and `now < lease end`, or
+///   completed and `now < completion time + ttl`. A record that is not live
+///   behaves exactly as if it were absent (it may be deleted lazily or
+///   eagerly; the difference must not be observable).
+/// * [`claim`](Self::claim) is **atomic** with respect to every other
+///   operation on the same key: of any number of concurrent claims of a key
+///   without a live record, exactly one returns [`Claim::Acquired`]; the
+///   others see [`Claim::InFlight`] (or [`Claim::Completed`] if the winner has
+///   already completed). The acquired record's lease ends `lease` after the
+///   claim, and it stores `fingerprint`, which later claims get back so the
+///   caller can tell a reused key from a genuine duplicate. A claim never
+///   changes a live record.
+/// * **Fencing.** Every successful claim returns a [`FencingToken`] that has
+///   never been returned before for that key (a store-wide counter that only
+///   grows is the usual choice). [`complete`](Self::complete),
+///   [`renew`](Self::renew) and [`release`](Self::release) succeed only when
+///   the key's record is in flight, **live**, and was acquired with exactly
+///   that token; otherwise they change nothing and return
+///   [`StoreError::LeaseLost`]. So a worker whose lease ran out (paused by GC,
+///   cut off by a partition, or simply slow) can never overwrite, extend or
+///   delete the record of the request that took over after it, and its late
+///   result is never stored.
+/// * [`complete`](Self::complete) atomically turns the record into a
+///   completed one holding `outcome`, live for `ttl` from now, and keeps the
+///   fingerprint given at claim time. Later claims return it, byte for byte.
+/// * [`renew`](Self::renew) moves the lease end to `now + lease`.
+/// * [`release`](Self::release) removes the record, so the next claim is
+///   acquired at once.
+/// * Errors other than [`StoreError::LeaseLost`] mean the operation's effect
+///   is unknown (for example a timeout); the layer then treats the store as
+///   unavailable. A store never panics on any input.
+/// * A store may bound its size. When it cannot take a new record it fails
+///   the claim with [`StoreError::Full`]; it must never drop a live in-flight
+///   record to make room (that would allow a second execution), but it may
+///   drop completed records early, and it should drop records that are no
+///   longer live first.
+///
+/// The futures must be `Send` so the layer can be used on a multi-threaded
+/// runtime; writing the methods as `async fn` in the `impl` works.
+///
+/// # Implementing a store
+///
+/// A shared store maps each operation to one atomic step: for Redis a Lua
+/// script (`SET NX PX` plus a token counter for `claim`, compare-and-set
+/// scripts for the others); for SQL an `INSERT ... ON CONFLICT` plus
+/// `UPDATE ... WHERE token = $1 AND lease_end > now()`. [`Outcome::to_bytes`]
+/// and [`Outcome::from_bytes`] give a compact encoding of a stored result, and
+/// [`Fingerprint::as_bytes`] / [`Fingerprint::from_bytes`] one for the
+/// fingerprint.
+///
+/// # Example
+///
+/// A store that forwards to another store and counts claims:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::idempotency::store::{
+///     Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+/// };
+///
+/// #[derive(Clone, Default)]
+/// struct Counting {
+///     inner: MemoryStore,
+///     claims: Arc<AtomicUsize>,
+/// }
+///
+/// impl IdempotencyStore for Counting {
+///     async fn claim(
+///         &self,
+///         key: &RecordKey,
+///         fingerprint: &Fingerprint,
+///         lease: Duration,
+///     ) -> Result<Claim, StoreError> {
+///         self.claims.fetch_add(1, Ordering::Relaxed);
+///         self.inner.claim(key, fingerprint, lease).await
+///     }
+///     async fn complete(
+///         &self,
+///         key: &RecordKey,
+///         token: FencingToken,
+///         outcome: Outcome,
+///         ttl: Duration,
+///     ) -> Result<(), StoreError> {
+///         self.inner.complete(key, token, outcome, ttl).await
+///     }
+///     async fn renew(
+///         &self,
+///         key: &RecordKey,
+///         token: FencingToken,
+///         lease: Duration,
+///     ) -> Result<(), StoreError> {
+///         self.inner.renew(key, token, lease).await
+///     }
+///     async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
+///         self.inner.release(key, token).await
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let store = Counting::default();
+/// let key = RecordKey::new("principal", "key-1");
+/// let fingerprint = Fingerprint::from_bytes([7; 32]);
+/// let Claim::Acquired(token) = store.claim(&key, &fingerprint, Duration::from_secs(60)).await? else {
+///     panic!("a fresh key is acquired");
+/// };
+/// assert!(matches!(
+///     store.claim(&key, &fingerprint, Duration::from_secs(60)).await?,
+///     Claim::InFlight { .. }
+/// ));
+/// store.release(&key, token).await?;
+/// assert_eq!(store.claims.load(Ordering::Relaxed), 2);
+/// # Ok::<_, StoreError>(())
+/// # }).unwrap();
+/// ```
+pub trait IdempotencyStore: Clone + Send + Sync + 'static {
+    /// Claims `key` for one execution, or reports the live record that holds it.
+    ///
+    /// See the [trait documentation](IdempotencyStore#contract) for atomicity
+    /// and fencing.
+    fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Stores the result of the execution that holds `token`, live for `ttl`.
+    fn complete(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Extends the lease held with `token` to `lease` from now.
+    fn renew(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives up the claim held with `token`, so the key can execute again.
+    fn release(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Identifies one record: who sent the request and which key it carried.
+///
+/// ```
+/// use tower_reissue::idempotency::store::RecordKey;
+///
+/// let key = RecordKey::new("3f2a", "order-17");
+/// assert_eq!(key.principal(), "3f2a");
+/// assert_eq!(key.key(), "order-17");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    principal: String,
+    key: String,
+}
+
+impl RecordKey {
+    /// A record key from a principal and an idempotency key.
+    pub fn new(principal: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            principal: principal.into(),
+            key: key.into(),
+        }
+    }
+
+    /// The principal the record belongs to (see
+    /// [`Principal`](super::Principal)).
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// The `Idempotency-Key` value, unquoted.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A SHA-256 digest of what a request asked for: method, path, query and body.
+///
+/// The same key sent with a different fingerprint is a client bug (a key
+/// reused for another operation) and is answered with 422.
+///
+/// ```
+/// use tower_reissue::idempotency::store::Fingerprint;
+///
+/// let a = Fingerprint::of_request(&http::Method::POST, &"/emails?x=1".parse().unwrap(), b"hi");
+/// let b = Fingerprint::of_request(&http::Method::POST, &"/emails?x=2".parse().unwrap(), b"hi");
+/// assert_ne!(a, b);
+/// assert_eq!(Fingerprint::from_bytes(*a.as_bytes()), a);
+/// assert_eq!(a.to_string().len(), 64);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a request with this method, URI and body.
+    ///
+    /// Only the path and query of `uri` count, so the same request seen
+    /// through an absolute-form URI has the same fingerprint.
+    pub fn of_request(method: &http::Method, uri: &http::Uri, body: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let body_hash = Sha256::digest(body);
+        let mut hasher = Sha256::new();
+        // Length prefixes keep field boundaries unambiguous.
+        for field in [
+            method.as_str().as_bytes(),
+            uri.path().as_bytes(),
+            uri.query().unwrap_or("").as_bytes(),
+            body_hash.as_slice(),
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        Self(hasher.finalize().into())
+    }
+
+    /// A fingerprint from its 32 raw bytes, as read back from a store.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// Proof of holding a claim; see [fencing](IdempotencyStore#contract).
+///
+/// ```
+/// use tower_reissue::idempotency::store::FencingToken;
+///
+/// assert_eq!(FencingToken::new(42).get(), 42);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FencingToken(u64);
+
+impl FencingToken {
+    /// A token with this value.
+    pub fn new(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The token's value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// What [`IdempotencyStore::claim`] found.
+#[derive(Clone, Debug)]
+pub enum Claim {
+    /// There was no live record: the caller now holds the key and must run the
+    /// request, then [`complete`](IdempotencyStore::complete) or
+    /// [`release`](IdempotencyStore::release) it with this token.
+    Acquired(FencingToken),
+    /// Another request holds the key and has not finished.
+    InFlight {
+        /// The fingerprint of the request holding the key.
+        fingerprint: Fingerprint,
+    },
+    /// The key's request has finished and its outcome is stored.
+    Completed {
+        /// The fingerprint of the request that produced `outcome`.
+        fingerprint: Fingerprint,
+        /// The stored outcome.
+        outcome: Outcome,
+    },
+}
+
+/// The stored result of a completed request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The response, replayed to every duplicate.
+    Response(StoredResponse),
+    /// The request ran, but its response could not be kept (its body was over
+    /// the layer's `max_body`, or it carried trailers). Duplicates get an
+    /// error instead of a second execution.
+    NotStored {
+        /// The status the original response had.
+        status: StatusCode,
+    },
+}
+
+/// A response as kept in a store: status, headers and the whole body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredResponse {
+    /// The response status.
+    pub status: StatusCode,
+    /// The response headers (without connection-level headers).
+    pub headers: HeaderMap,
+    /// The full response body.
+    pub body: Bytes,
+}
+
+const ENCODING_VERSION: u8 = 1;
+const KIND_RESPONSE: u8 = 0;
+const KIND_NOT_STORED: u8 = 1;
+
+impl Outcome {
+    /// A compact, self-describing binary encoding, for stores that keep bytes.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{HeaderMap, StatusCode};
+    /// use tower_reissue::idempotency::store::{Outcome, StoredResponse};
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("content-type", "text/plain".parse().unwrap());
+    /// let outcome = Outcome::Response(StoredResponse {
+    ///     status: StatusCode::CREATED,
+    ///     headers,
+    ///     body: Bytes::from_static(b"done"),
+    /// });
+    /// assert_eq!(Outcome::from_bytes(&outcome.to_bytes()).unwrap(), outcome);
+    /// ```
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(ENCODING_VERSION);
+        match self {
+            Outcome::NotStored { status } => {
+                out.put_u8(KIND_NOT_STORED);
+                out.put_u16(status.as_u16());
+            }
+            Outcome::Response(response) => {
+                out.put_u8(KIND_RESPONSE);
+                out.put_u16(response.status.as_u16());
+                out.put_u32(response.headers.len() as u32);
+                for (name, value) in &response.headers {
+                    out.put_u32(name.as_str().len() as u32);
+                    out.put_slice(name.as_str().as_bytes());
+                    out.put_u32(value.len() as u32);
+                    out.put_slice(value.as_bytes());
+                }
+                out.put_slice(&response.body);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes what [`to_bytes`](Self::to_bytes) produced.
+    ///
+    /// Anything else is a [`StoreError::Corrupt`], never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut input = bytes;
+        let corrupt = |what: &str| StoreError::Corrupt(format!("stored outcome: {what}"));
+        if input.remaining() < 4 {
+            return Err(corrupt("truncated header"));
+        }
+        if input.get_u8() != ENCODING_VERSION {
+            return Err(corrupt("unknown encoding version"));
+        }
+        let kind = input.get_u8();
+        let status =
+            StatusCode::from_u16(input.get_u16()).map_err(|_| corrupt("invalid status"))?;
+        match kind {
+            KIND_NOT_STORED if input.is_empty() => Ok(Outcome::NotStored { status }),
+            KIND_RESPONSE => {
+                let count = take_len(&mut input).ok_or_else(|| corrupt("truncated headers"))?;
+                let mut headers = HeaderMap::with_capacity(count.min(64));
+                for _ in 0..count {
+                    let name = take_field(&mut input).ok_or_else(|| corrupt("truncated header"))?;
+                    let value =
+                        take_field(&mut input).ok_or_else(|| corrupt("truncated header"))?;
+                    let name =
+                        HeaderName::from_bytes(name).map_err(|_| corrupt("invalid header name"))?;
+                    let value = HeaderValue::from_bytes(value)
+                        .map_err(|_| corrupt("invalid header value"))?;
+                    headers.append(name, value);
+                }
+                Ok(Outcome::Response(StoredResponse {
+                    status,
+                    headers,
+                    body: Bytes::copy_from_slice(input),
+                }))
+            }
+            _ => Err(corrupt("unknown kind")),
+        }
+    }
+}
+
+fn take_len(input: &mut &[u8]) -> Option<usize> {
+    (input.remaining() >= 4).then(|| input.get_u32() as usize)
+}
+
+fn take_field<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = take_len(input)?;
+    let bytes: &'a [u8] = input;
+    if bytes.len() < len {
+        return None;
+    }
+    let (field, rest) = bytes.split_at(len);
+    *input = rest;
+    Some(field)
+}
+
+/// Why a store operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The token does not hold the record (any more): its lease ran out, or
+    /// the record was completed, released or taken over. Nothing was changed.
+    LeaseLost,
+    /// The store is at its size limit and holds only live in-flight records.
+    Full,
+    /// The store could not be reached or did not answer; the operation's effect
+    /// is unknown.
+    Unavailable(Box<dyn StdError + Send + Sync>),
+    /// The store returned data this crate cannot decode.
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// An [`Unavailable`](Self::Unavailable) error wrapping the cause.
+    ///
+    /// ```
+    /// use tower_reissue::idempotency::store::StoreError;
+    ///
+    /// let err = StoreError::unavailable(std::io::Error::other("connection refused"));
+    /// assert_eq!(err.to_string(), "idempotency store unavailable");
+    /// assert!(std::error::Error::source(&err).is_some());
+    /// ```
+    pub fn unavailable(cause: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        StoreError::Unavailable(cause.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::LeaseLost => {
+                f.write_str("idempotency claim lost: lease expired or taken over")
+            }
+            StoreError::Full => f.write_str("idempotency store full of in-flight records"),
+            StoreError::Unavailable(_) => f.write_str("idempotency store unavailable"),
+            StoreError::Corrupt(what) => {
+                write!(f, "idempotency store returned corrupt data: {what}")
+            }
+        }
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            StoreError::Unavailable(cause) => Some(&**cause),
+            _ => None,
+        }
+    }
+}
