@@ -25,6 +25,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
+        // One timer, reset between uses: the attempt's timeout while calling,
+        // the delay while waiting. Boxed and created on first use, so the
+        // success path without timeouts neither allocates nor carries it.
+        timer: Option<Pin<Box<Sleep>>>,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
@@ -40,13 +44,8 @@ pin_project! {
         Calling {
             #[pin]
             future: F,
-            #[pin]
-            timeout: Option<Sleep>,
         },
-        Waiting {
-            #[pin]
-            sleep: Sleep,
-        },
+        Waiting,
         Ready,
     }
 }
@@ -63,9 +62,13 @@ where
         config: Arc<RetryLayer<C>>,
         deadline: Option<Instant>,
     ) -> Self {
-        let timeout = attempt_timeout(config.attempt_timeout, deadline);
+        let mut timer = None;
+        if let Some(at) = attempt_ends(config.attempt_timeout, deadline) {
+            set_timer(&mut timer, at);
+        }
         ResponseFuture {
-            state: State::Calling { future, timeout },
+            state: State::Calling { future },
+            timer,
             service,
             template,
             config,
@@ -76,14 +79,20 @@ where
     }
 }
 
-/// The timer bounding one attempt: the per-attempt timeout or what is left
-/// of the deadline, whichever ends first.
-fn attempt_timeout(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Sleep> {
+/// When one attempt must end: the per-attempt timeout or the deadline,
+/// whichever comes first.
+fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
     let by_timeout = timeout.map(|t| Instant::now() + t);
     match (by_timeout, deadline) {
-        (None, None) => None,
-        (Some(a), Some(b)) => Some(tokio::time::sleep_until(a.min(b))),
-        (Some(at), None) | (None, Some(at)) => Some(tokio::time::sleep_until(at)),
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match timer {
+        Some(sleep) => sleep.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
     }
 }
 
@@ -101,12 +110,14 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling { future, timeout } => {
+                StateProj::Calling { future } => {
                     let mut result = match future.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
-                            let expired =
-                                timeout.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready());
+                            let expired = this
+                                .timer
+                                .as_mut()
+                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
                             if !expired {
                                 return Poll::Pending;
                             }
@@ -168,13 +179,14 @@ where
                     if delay.is_zero() {
                         this.state.set(State::Ready);
                     } else {
-                        this.state.set(State::Waiting {
-                            sleep: tokio::time::sleep(delay),
-                        });
+                        set_timer(this.timer, Instant::now() + delay);
+                        this.state.set(State::Waiting);
                     }
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Waiting => {
+                    if let Some(timer) = this.timer.as_mut() {
+                        ready!(timer.as_mut().poll(cx));
+                    }
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -183,8 +195,13 @@ where
                     // taken back in the meantime, and then the caller is told.
                     let request = this.template.replay()?;
                     let future = this.service.call(request);
-                    let timeout = attempt_timeout(this.config.attempt_timeout, *this.deadline);
-                    this.state.set(State::Calling { future, timeout });
+                    match attempt_ends(this.config.attempt_timeout, *this.deadline) {
+                        Some(at) => set_timer(this.timer, at),
+                        // No bound on this attempt: the delay's timer must
+                        // not fire as a timeout.
+                        None => *this.timer = None,
+                    }
+                    this.state.set(State::Calling { future });
                 }
             }
         }
