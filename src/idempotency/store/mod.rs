@@ -16,12 +16,18 @@
 //!                 ttl runs out
 //! ```
 //!
-//! [`MemoryStore`] implements the trait for one process; a
-//! store shared by many server instances (Redis, Postgres, DynamoDB...) follows
-//! the same contract, described on [`IdempotencyStore`].
+//! [`MemoryStore`] implements the trait for one process; `RedisStore` (feature
+//! `redis`) shares records between many server instances. Any other shared
+//! store (Postgres, DynamoDB...) follows the same contract, described on
+//! [`IdempotencyStore`].
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 use std::error::Error as StdError;
