@@ -65,6 +65,12 @@ impl RedisServer {
         &self.url
     }
 
+    /// The loopback port of a server this harness started.
+    pub fn port(&self) -> u16 {
+        assert!(self.port != 0, "the server at REDIS_URL has no local port");
+        self.port
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients, like a crash).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
