@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const HOW_TO_GET_ONE: &str = "the Redis tests need a redis-server: install one \
+const HOW_TO_GET_ONE: &str = "the Redis tests and bench need a redis-server: install one \
     (`apt-get install redis-server`, `brew install redis`) so they can start their own, \
     or set REDIS_URL=redis://host:port/ to use a running server";
 

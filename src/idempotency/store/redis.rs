@@ -4,7 +4,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, Script, Value};
+use ::redis::io::tcp::TcpSettings;
+use ::redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
 
 use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError};
 
@@ -165,12 +166,19 @@ impl RedisStore {
 
     /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
     /// `rediss://` with TLS, or `redis+unix:///path`) through a
-    /// [`ConnectionManager`] configured with [`manager_config`](Self::manager_config).
+    /// [`ConnectionManager`] configured with [`manager_config`](Self::manager_config),
+    /// with `TCP_NODELAY` set.
     ///
     /// Fails if the URL is invalid (or needs a TLS feature that is not
     /// enabled) or if Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        let client = Client::open(url)?;
+        // Requests from many handlers share one connection; without
+        // TCP_NODELAY a command written while another awaits its reply can
+        // sit in the kernel waiting for an ACK.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)?;
         let manager = ConnectionManager::new_with_config(client, Self::manager_config()).await?;
         Ok(Self::from_connection(manager))
     }
@@ -201,6 +209,11 @@ impl RedisStore {
 impl<C> RedisStore<C> {
     /// A store sending its commands over `connection`, with the prefix
     /// `idempotency` and a 2 s timeout per operation.
+    ///
+    /// `connection` is any clonable async Redis connection: a
+    /// [`ConnectionManager`] built with your own settings (start from
+    /// [`RedisStore::manager_config`]), or a `MultiplexedConnection`, which
+    /// does not reconnect.
     pub fn from_connection(connection: C) -> Self {
         Self {
             connection,
