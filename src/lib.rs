@@ -52,6 +52,9 @@ pub mod retry;
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use idempotency::store::RedisStore;
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 pub use idempotency_key::IdempotencyKey;
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};

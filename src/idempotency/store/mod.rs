@@ -16,12 +16,18 @@
 //!                 ttl runs out
 //! ```
 //!
-//! [`MemoryStore`] implements the trait for one process; a
-//! store shared by many server instances (Redis, Postgres, DynamoDB...) follows
-//! the same contract, described on [`IdempotencyStore`].
+//! [`MemoryStore`] implements the trait for one process; `RedisStore` (feature
+//! `redis`) shares records between many server instances. Any other shared
+//! store (Postgres, DynamoDB...) follows the same contract, described on
+//! [`IdempotencyStore`].
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 use std::error::Error as StdError;
@@ -82,8 +88,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 /// # Implementing a store
 ///
 /// A shared store maps each operation to one atomic step: for Redis a Lua
-/// script (`SET NX PX` plus a token counter for `claim`, compare-and-set
-/// scripts for the others); for SQL an `INSERT ... ON CONFLICT` plus
+/// script (`RedisStore`, feature `redis`: a token counter and `PEXPIRE` for
+/// `claim`, token-checking scripts for the others); for SQL an `INSERT ... ON CONFLICT` plus
 /// `UPDATE ... WHERE token = $1 AND lease_end > now()`. [`Outcome::to_bytes`]
 /// and [`Outcome::from_bytes`] give a compact encoding of a stored result, and
 /// [`Fingerprint::as_bytes`] / [`Fingerprint::from_bytes`] one for the

@@ -1,0 +1,490 @@
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::io::tcp::TcpSettings;
+use ::redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
+
+use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError};
+
+/// Claims a record: reports the live record if there is one, otherwise
+/// creates it in flight with a fresh fencing token and a lease set by `PX`.
+///
+/// KEYS: record, token counter. ARGV: fingerprint, lease in ms.
+/// Returns `{0, token}`, `{1, fingerprint}` (in flight) or
+/// `{2, fingerprint, outcome}` (completed).
+const CLAIM: &str = r"
+local record = redis.call('HMGET', KEYS[1], 'fp', 'outcome')
+if record[1] then
+  if record[2] then return {2, record[1], record[2]} end
+  return {1, record[1]}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('ERR idempotency record ' .. KEYS[1] .. ' has no fingerprint')
+end
+local token = redis.call('INCR', KEYS[2])
+if token == 1 then
+  -- The counter was lost (evicted, flushed): restart it above every token it
+  -- could have handed out, so a token is never issued twice for a key.
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+  token = redis.call('INCR', KEYS[2])
+end
+-- '%d' keeps every digit; Lua's tostring would round to 14.
+redis.call('HSET', KEYS[1], 'token', string.format('%d', token), 'fp', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {0, token}
+";
+
+/// Completes the claim held with a token: stores the outcome and replaces the
+/// lease with the record's time to live. Completed records have no token, so
+/// no token matches them any more.
+///
+/// KEYS: record. ARGV: token, outcome, ttl in ms. Returns 1, or 0 if the token
+/// does not hold the record.
+const COMPLETE: &str = r"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'outcome', ARGV[2])
+redis.call('HDEL', KEYS[1], 'token')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// Moves the lease end of the claim held with a token to now + lease.
+///
+/// KEYS: record. ARGV: token, lease in ms. Returns 1 or 0 as `COMPLETE`.
+const RENEW: &str = r"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Deletes the record of the claim held with a token.
+///
+/// KEYS: record. ARGV: token. Returns 1 or 0 as `COMPLETE`.
+const RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
+static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+
+/// An [`IdempotencyStore`] in Redis, shared by every server instance that
+/// uses the same Redis and prefix.
+///
+/// Each operation is one Lua script, so it is atomic and costs one round trip
+/// (`EVALSHA`; the script is loaded on first use and again after Redis
+/// restarts). Leases and times to live are set with `PEXPIRE` and kept by
+/// Redis's own clock, so server clocks do not need to agree and no record
+/// outlives its lease or ttl.
+///
+/// # Keys
+///
+/// * `{prefix}:{principal}:{key}`: one hash per record, with the fields
+///   `fp` (the [`Fingerprint`]), `token` (while in flight) and `outcome`
+///   (once completed, encoded with [`Outcome::to_bytes`]). A `:` or `%` in the
+///   principal is percent-encoded, so the first `:` after the prefix always
+///   ends the principal. The prefix defaults to `idempotency`.
+/// * `{prefix}:fencing-token`: the counter that issues
+///   [`FencingToken`]s. It is the only key without a time to live, and one
+///   integer whatever the traffic. If it is lost, it restarts from Redis's
+///   clock in microseconds, above any token issued before.
+///
+/// # Connection
+///
+/// [`connect`](Self::connect) opens a [`ConnectionManager`], which
+/// multiplexes every clone of the store over one connection and reconnects in
+/// the background after Redis restarts or the network fails. Every operation
+/// is also bounded by [`timeout`](Self::timeout) (default 2 s), so while Redis
+/// is unreachable requests fail fast with [`StoreError::Unavailable`] (the
+/// layer answers `503`) instead of waiting. An existing connection (a
+/// `ConnectionManager` with your own settings, or a `MultiplexedConnection`,
+/// which does not reconnect) is used with
+/// [`from_connection`](Self::from_connection).
+///
+/// For `rediss://` (TLS) URLs, enable one of the `redis` crate's TLS features
+/// (`tokio-rustls-comp` or `tokio-native-tls-comp`) in your own
+/// `Cargo.toml`; features of a shared dependency add up.
+///
+/// # Deployment notes
+///
+/// Exactly-once rests on Redis keeping in-flight records until their lease
+/// ends: run it with `maxmemory-policy` `noeviction` (the default) or a
+/// `volatile-*` policy with room to spare, since an evicted claim lets a
+/// duplicate run. Redis replication is asynchronous, so a failover can lose
+/// the most recent claims and completions.
+///
+/// # Example
+///
+/// A store on a lazily connecting manager (nothing is sent until the first
+/// request), used by the layer:
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use tower_reissue::{IdempotencyLayer, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), redis::RedisError> {
+/// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+/// let manager = redis::aio::ConnectionManager::new_lazy_with_config(
+///     client,
+///     RedisStore::manager_config(),
+/// )?;
+/// let store = RedisStore::from_connection(manager).prefix("emails-api");
+///
+/// let app: Router = Router::new()
+///     .route("/emails", post(|| async { "sent" }))
+///     .layer(IdempotencyLayer::new(store));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Connecting at startup, failing if Redis cannot be reached:
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), redis::RedisError> {
+/// let store = tower_reissue::RedisStore::connect("redis://redis.internal:6379/0").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore<C = ConnectionManager> {
+    connection: C,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
+    /// `rediss://` with TLS, or `redis+unix:///path`) through a
+    /// [`ConnectionManager`] configured with [`manager_config`](Self::manager_config),
+    /// with `TCP_NODELAY` set.
+    ///
+    /// Fails if the URL is invalid (or needs a TLS feature that is not
+    /// enabled) or if Redis does not answer.
+    pub async fn connect(url: &str) -> Result<Self, RedisError> {
+        // Requests from many handlers share one connection; without
+        // TCP_NODELAY a command written while another awaits its reply can
+        // sit in the kernel waiting for an ACK.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)?;
+        let manager = ConnectionManager::new_with_config(client, Self::manager_config()).await?;
+        Ok(Self::from_connection(manager))
+    }
+
+    /// The [`ConnectionManager`] settings [`connect`](Self::connect) uses.
+    ///
+    /// A request should fail fast rather than wait while Redis is down: each
+    /// connection attempt is cut after 1 s and each command after 1 s, and a
+    /// reconnection gives up after 2 retries 100 to 500 ms apart (the next
+    /// operation starts a new one).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_reissue::RedisStore;
+    ///
+    /// let config = RedisStore::manager_config().set_response_timeout(Some(Duration::from_millis(250)));
+    /// ```
+    pub fn manager_config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_millis(500))
+    }
+}
+
+impl<C> RedisStore<C> {
+    /// A store sending its commands over `connection`, with the prefix
+    /// `idempotency` and a 2 s timeout per operation.
+    ///
+    /// `connection` is any clonable async Redis connection: a
+    /// [`ConnectionManager`] built with your own settings (start from
+    /// [`RedisStore::manager_config`]), or a `MultiplexedConnection`, which
+    /// does not reconnect.
+    pub fn from_connection(connection: C) -> Self {
+        Self {
+            connection,
+            prefix: Arc::from("idempotency"),
+            timeout: RedisStore::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Namespaces every key under `prefix` (default `idempotency`). Stores
+    /// with different prefixes on one Redis never see each other's records.
+    ///
+    /// ```
+    /// # use tower_reissue::RedisStore;
+    /// # fn with(store: RedisStore) -> RedisStore {
+    /// store.prefix("billing:idempotency")
+    /// # }
+    /// ```
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Arc::from(prefix.into());
+        self
+    }
+
+    /// The longest an operation may take, reconnecting included, before it
+    /// fails with [`StoreError::Unavailable`] (default 2 s). Its effect is
+    /// then unknown, as the contract allows.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_reissue::RedisStore;
+    /// # fn with(store: RedisStore) -> RedisStore {
+    /// store.timeout(Duration::from_millis(500))
+    /// # }
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The connection the store sends its commands over.
+    pub fn connection(&self) -> &C {
+        &self.connection
+    }
+
+    fn record_key(&self, key: &RecordKey) -> String {
+        let principal = key.principal();
+        let mut out =
+            String::with_capacity(self.prefix.len() + principal.len() + key.key().len() + 2);
+        out.push_str(&self.prefix);
+        out.push(':');
+        for c in principal.chars() {
+            match c {
+                '%' => out.push_str("%25"),
+                ':' => out.push_str("%3A"),
+                c => out.push(c),
+            }
+        }
+        out.push(':');
+        out.push_str(key.key());
+        out
+    }
+
+    fn counter_key(&self) -> String {
+        format!("{}:fencing-token", self.prefix)
+    }
+}
+
+impl<C> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Runs one script invocation within the store's timeout.
+    async fn run<F>(&self, invoke: impl FnOnce(C) -> F) -> Result<Value, StoreError>
+    where
+        F: Future<Output = Result<Value, RedisError>>,
+    {
+        match tokio::time::timeout(self.timeout, invoke(self.connection.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(StoreError::unavailable(err)),
+            Err(_) => Err(StoreError::unavailable(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("redis did not answer within {:?}", self.timeout),
+            ))),
+        }
+    }
+
+    /// Runs one of the token-checking scripts and maps its 0/1 answer.
+    async fn fenced(
+        &self,
+        script: &Script,
+        key: &RecordKey,
+        token: FencingToken,
+        args: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let record = self.record_key(key);
+        let value = self
+            .run(|mut connection| async move {
+                let mut invocation = script.key(record);
+                invocation.arg(token.get());
+                for arg in args {
+                    invocation.arg(*arg);
+                }
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        match value {
+            Value::Int(1) => Ok(()),
+            Value::Int(0) => Err(StoreError::LeaseLost),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl<C> IdempotencyStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let (record, counter) = (self.record_key(key), self.counter_key());
+        let value = self
+            .run(|mut connection| async move {
+                CLAIM_SCRIPT
+                    .key(record)
+                    .key(counter)
+                    .arg(&fingerprint.as_bytes()[..])
+                    .arg(millis(lease))
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        parse_claim(value)
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let outcome = outcome.to_bytes();
+        let ttl = millis(ttl).to_string();
+        self.fenced(&COMPLETE_SCRIPT, key, token, &[&outcome, ttl.as_bytes()])
+            .await
+    }
+
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let lease = millis(lease).to_string();
+        self.fenced(&RENEW_SCRIPT, key, token, &[lease.as_bytes()])
+            .await
+    }
+
+    async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
+        self.fenced(&RELEASE_SCRIPT, key, token, &[]).await
+    }
+}
+
+/// A duration in whole milliseconds for `PEXPIRE`: rounded up so a lease is
+/// never shorter than asked, at least 1 (Redis rejects 0), and capped far
+/// below the point where Redis would reject the expiry as out of range.
+fn millis(duration: Duration) -> u64 {
+    const MAX: u64 = 1 << 50; // about 35 000 years
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis).unwrap_or(MAX).clamp(1, MAX)
+}
+
+fn parse_claim(value: Value) -> Result<Claim, StoreError> {
+    let Value::Array(items) = value else {
+        return Err(unexpected(&value));
+    };
+    match items.as_slice() {
+        [Value::Int(0), Value::Int(token)] => u64::try_from(*token)
+            .map(|token| Claim::Acquired(FencingToken::new(token)))
+            .map_err(|_| corrupt("negative fencing token")),
+        [Value::Int(1), Value::BulkString(fingerprint)] => Ok(Claim::InFlight {
+            fingerprint: parse_fingerprint(fingerprint)?,
+        }),
+        [
+            Value::Int(2),
+            Value::BulkString(fingerprint),
+            Value::BulkString(outcome),
+        ] => Ok(Claim::Completed {
+            fingerprint: parse_fingerprint(fingerprint)?,
+            outcome: Outcome::from_bytes(outcome)?,
+        }),
+        _ => Err(corrupt("unexpected claim reply")),
+    }
+}
+
+fn parse_fingerprint(bytes: &[u8]) -> Result<Fingerprint, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(Fingerprint::from_bytes)
+        .map_err(|_| corrupt("fingerprint is not 32 bytes"))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("redis record: {what}"))
+}
+
+fn unexpected(value: &Value) -> StoreError {
+    StoreError::Corrupt(format!("redis script returned {value:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_become_valid_pexpire_arguments() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(1)), 1);
+        assert_eq!(millis(Duration::from_micros(1_001)), 2);
+        assert_eq!(millis(Duration::from_secs(60)), 60_000);
+        assert_eq!(millis(Duration::MAX), 1 << 50);
+    }
+
+    #[test]
+    fn principals_cannot_forge_another_scope() {
+        let store = RedisStore::from_connection(()).prefix("p");
+        assert_eq!(store.record_key(&RecordKey::new("alice", "k")), "p:alice:k");
+        // Without escaping, ("a:b", "c") and ("a", "b:c") would share a key.
+        assert_eq!(store.record_key(&RecordKey::new("a:b", "c")), "p:a%3Ab:c");
+        assert_eq!(store.record_key(&RecordKey::new("a", "b:c")), "p:a:b:c");
+        assert_eq!(
+            store.record_key(&RecordKey::new("a%3Ab", "c")),
+            "p:a%253Ab:c"
+        );
+        assert_eq!(store.counter_key(), "p:fencing-token");
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        let bad = [
+            Value::Nil,
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(0), Value::Int(-1)]),
+            Value::Array(vec![Value::Int(1), Value::BulkString(vec![0; 31])]),
+            Value::Array(vec![
+                Value::Int(2),
+                Value::BulkString(vec![0; 32]),
+                Value::BulkString(vec![9]),
+            ]),
+            Value::Array(vec![Value::Int(7)]),
+        ];
+        for value in bad {
+            assert!(
+                matches!(parse_claim(value.clone()), Err(StoreError::Corrupt(_))),
+                "{value:?}"
+            );
+        }
+        assert!(matches!(
+            parse_claim(Value::Array(vec![Value::Int(0), Value::Int(5)])),
+            Ok(Claim::Acquired(token)) if token.get() == 5
+        ));
+    }
+}

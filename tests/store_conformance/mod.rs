@@ -1,0 +1,353 @@
+//! The `IdempotencyStore` contract as one generic suite, run against every
+//! store: `MemoryStore` on tokio's paused clock, `RedisStore` on Redis's real
+//! clock.
+//!
+//! Waiting is always `tokio::time::sleep`, which the paused clock skips
+//! through at once. Every check is placed so real-time jitter cannot flip
+//! it: "expired" checks wait `lease + margin` after the operation that set
+//! the lease returned, and "still live" checks either come right after that
+//! operation or rely on a lease many times longer than the whole suite.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tower_reissue::idempotency::store::{
+    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+    StoredResponse,
+};
+
+/// The durations the suite runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// A lease or ttl the suite waits out.
+    pub short: Duration,
+    /// How far past `short` the suite waits before expecting expiry.
+    pub margin: Duration,
+    /// A lease or ttl that never runs out during the suite.
+    pub long: Duration,
+}
+
+impl Timing {
+    /// For stores on tokio's paused clock: waiting costs no real time.
+    pub const PAUSED: Timing = Timing {
+        short: Duration::from_secs(60),
+        margin: Duration::from_secs(1),
+        long: Duration::from_secs(3600),
+    };
+
+    /// For stores on a real clock: about half a second of real waiting in
+    /// all, since the timed rules run concurrently.
+    pub const REAL: Timing = Timing {
+        short: Duration::from_millis(400),
+        margin: Duration::from_millis(150),
+        long: Duration::from_secs(60),
+    };
+
+    async fn wait_out_short(&self) {
+        tokio::time::sleep(self.short + self.margin).await;
+    }
+}
+
+pub fn fingerprint(n: u8) -> Fingerprint {
+    Fingerprint::from_bytes([n; 32])
+}
+
+/// A response with repeated headers and a body of every byte value, so that
+/// "byte for byte" is tested on awkward data.
+pub fn outcome(tag: &str) -> Outcome {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.append("set-cookie", HeaderValue::from_static("a=1"));
+    headers.append("set-cookie", HeaderValue::from_static("b=2"));
+    headers.insert("x-tag", HeaderValue::from_str(tag).unwrap());
+    let mut body = tag.as_bytes().to_vec();
+    body.extend(0..=255u8);
+    Outcome::Response(StoredResponse {
+        status: StatusCode::CREATED,
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+pub async fn acquire<S: IdempotencyStore>(
+    store: &S,
+    key: &RecordKey,
+    fp: &Fingerprint,
+    lease: Duration,
+) -> FencingToken {
+    match store.claim(key, fp, lease).await {
+        Ok(Claim::Acquired(token)) => token,
+        other => panic!("{key:?}: expected Acquired, got {other:?}"),
+    }
+}
+
+pub async fn assert_in_flight<S: IdempotencyStore>(
+    store: &S,
+    key: &RecordKey,
+    holder: &Fingerprint,
+    lease: Duration,
+) {
+    match store.claim(key, &fingerprint(0xee), lease).await {
+        Ok(Claim::InFlight { fingerprint }) => assert_eq!(&fingerprint, holder, "{key:?}"),
+        other => panic!("{key:?}: expected InFlight, got {other:?}"),
+    }
+}
+
+pub async fn assert_completed<S: IdempotencyStore>(
+    store: &S,
+    key: &RecordKey,
+    fp: &Fingerprint,
+    expected: &Outcome,
+) {
+    match store
+        .claim(key, &fingerprint(0xee), Duration::from_secs(60))
+        .await
+    {
+        Ok(Claim::Completed {
+            fingerprint,
+            outcome,
+        }) => {
+            assert_eq!(&fingerprint, fp, "{key:?}");
+            assert_eq!(&outcome, expected, "{key:?}");
+        }
+        other => panic!("{key:?}: expected Completed, got {other:?}"),
+    }
+}
+
+/// complete, renew and release with `token` all fail with `LeaseLost`.
+pub async fn assert_fenced<S: IdempotencyStore>(
+    store: &S,
+    key: &RecordKey,
+    token: FencingToken,
+    lease: Duration,
+) {
+    let lost = |result: Result<(), StoreError>, op: &str| {
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost)),
+            "{key:?}: {op} with {token:?} gave {result:?}, expected LeaseLost"
+        );
+    };
+    lost(
+        store.complete(key, token, outcome("late"), lease).await,
+        "complete",
+    );
+    lost(store.renew(key, token, lease).await, "renew");
+    lost(store.release(key, token).await, "release");
+}
+
+/// Every rule of the contract.
+pub async fn check_contract<S: IdempotencyStore>(store: &S, timing: Timing) {
+    let mut tokens = claims_and_completions(store, timing).await;
+    let timed = tokio::join!(
+        renewal_moves_the_lease_end_later(store, timing),
+        renewal_moves_the_lease_end_earlier(store, timing),
+        expired_lease_is_taken_over_and_fenced(store, timing),
+        expired_lease_cannot_be_settled(store, timing),
+        ttl_ends_a_completed_record(store, timing),
+    );
+    for batch in [timed.0, timed.1, timed.2, timed.3, timed.4] {
+        tokens.extend(batch);
+    }
+    let distinct: HashSet<_> = tokens.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        tokens.len(),
+        "a fencing token was issued twice"
+    );
+}
+
+async fn claims_and_completions<S: IdempotencyStore>(store: &S, t: Timing) -> Vec<FencingToken> {
+    let fp = fingerprint(1);
+    let alice = RecordKey::new("alice", "k1");
+    let bob = RecordKey::new("bob", "k1");
+
+    // Nothing to settle on a key without a record.
+    assert_fenced(
+        store,
+        &RecordKey::new("alice", "never"),
+        FencingToken::new(1),
+        t.long,
+    )
+    .await;
+
+    // Claim; duplicates see the holder's fingerprint, and a duplicate with
+    // another fingerprint does not replace it.
+    let token = acquire(store, &alice, &fp, t.long).await;
+    assert_in_flight(store, &alice, &fp, t.long).await;
+    assert_in_flight(store, &alice, &fp, t.long).await;
+
+    // Keys are scoped by principal.
+    let bob_token = acquire(store, &bob, &fp, t.long).await;
+    assert_ne!(bob_token, token);
+
+    // Another claim's token cannot settle this one, and trying changes nothing.
+    assert_fenced(store, &alice, bob_token, t.long).await;
+    assert_in_flight(store, &alice, &fp, t.long).await;
+
+    // Complete keeps the outcome byte for byte with the claim's fingerprint.
+    let first = outcome("one");
+    store
+        .complete(&alice, token, first.clone(), t.long)
+        .await
+        .unwrap();
+    assert_completed(store, &alice, &fp, &first).await;
+
+    // A completed record cannot be completed, renewed or released again,
+    // and the attempts leave it as it was.
+    assert_fenced(store, &alice, token, t.long).await;
+    assert_completed(store, &alice, &fp, &first).await;
+
+    // A marker outcome is kept too.
+    let marked = RecordKey::new("alice", "too-big");
+    let marked_token = acquire(store, &marked, &fp, t.long).await;
+    let not_stored = Outcome::NotStored {
+        status: StatusCode::OK,
+    };
+    store
+        .complete(&marked, marked_token, not_stored.clone(), t.long)
+        .await
+        .unwrap();
+    assert_completed(store, &marked, &fp, &not_stored).await;
+
+    // Release makes the key claimable at once, with a fresh token; the old
+    // token is fenced out of the new claim.
+    store.release(&bob, bob_token).await.unwrap();
+    let bob_again = acquire(store, &bob, &fp, t.long).await;
+    assert_ne!(bob_again, bob_token);
+    assert_fenced(store, &bob, bob_token, t.long).await;
+    assert_in_flight(store, &bob, &fp, t.long).await;
+
+    // Tokens keep changing over many claims of one key.
+    let churn = RecordKey::new("carol", "churn");
+    let mut tokens = vec![token, bob_token, bob_again, marked_token];
+    for _ in 0..20 {
+        let token = acquire(store, &churn, &fp, t.long).await;
+        store.release(&churn, token).await.unwrap();
+        tokens.push(token);
+    }
+    tokens
+}
+
+async fn renewal_moves_the_lease_end_later<S: IdempotencyStore>(
+    store: &S,
+    t: Timing,
+) -> Vec<FencingToken> {
+    let key = RecordKey::new("renew", "later");
+    let fp = fingerprint(2);
+    let token = acquire(store, &key, &fp, t.short).await;
+    store.renew(&key, token, t.long).await.unwrap();
+    t.wait_out_short().await;
+    assert_in_flight(store, &key, &fp, t.long).await;
+    store
+        .complete(&key, token, outcome("renewed"), t.long)
+        .await
+        .unwrap();
+    assert_completed(store, &key, &fp, &outcome("renewed")).await;
+    vec![token]
+}
+
+async fn renewal_moves_the_lease_end_earlier<S: IdempotencyStore>(
+    store: &S,
+    t: Timing,
+) -> Vec<FencingToken> {
+    // Renewal sets the end to now + lease; it does not add to the old end.
+    let key = RecordKey::new("renew", "earlier");
+    let fp = fingerprint(3);
+    let token = acquire(store, &key, &fp, t.long).await;
+    store.renew(&key, token, t.short).await.unwrap();
+    t.wait_out_short().await;
+    let next = acquire(store, &key, &fp, t.long).await;
+    assert_fenced(store, &key, token, t.long).await;
+    vec![token, next]
+}
+
+async fn expired_lease_is_taken_over_and_fenced<S: IdempotencyStore>(
+    store: &S,
+    t: Timing,
+) -> Vec<FencingToken> {
+    let key = RecordKey::new("fence", "k");
+    let (fp_a, fp_b) = (fingerprint(4), fingerprint(5));
+    let a = acquire(store, &key, &fp_a, t.short).await;
+    // A duplicate asking for a long lease must not extend A's.
+    assert_in_flight(store, &key, &fp_a, t.long).await;
+    t.wait_out_short().await;
+
+    // A's lease ran out: B takes over with a newer token.
+    let b = acquire(store, &key, &fp_b, t.long).await;
+    assert!(b > a, "tokens grow: {b:?} after {a:?}");
+
+    // A, late, can neither store its result, extend, nor delete B's claim.
+    assert_fenced(store, &key, a, t.long).await;
+    assert_in_flight(store, &key, &fp_b, t.long).await;
+
+    // B's result stands.
+    store.complete(&key, b, outcome("B"), t.long).await.unwrap();
+    assert_fenced(store, &key, a, t.long).await;
+    assert_completed(store, &key, &fp_b, &outcome("B")).await;
+    vec![a, b]
+}
+
+async fn expired_lease_cannot_be_settled<S: IdempotencyStore>(
+    store: &S,
+    t: Timing,
+) -> Vec<FencingToken> {
+    // Nobody took over, yet the expired holder is fenced all the same, and
+    // its attempts do not bring the record back.
+    let key = RecordKey::new("expired", "k");
+    let fp = fingerprint(6);
+    let token = acquire(store, &key, &fp, t.short).await;
+    t.wait_out_short().await;
+    assert_fenced(store, &key, token, t.long).await;
+    let next = acquire(store, &key, &fp, t.long).await;
+    vec![token, next]
+}
+
+async fn ttl_ends_a_completed_record<S: IdempotencyStore>(
+    store: &S,
+    t: Timing,
+) -> Vec<FencingToken> {
+    let key = RecordKey::new("ttl", "k");
+    let fp = fingerprint(7);
+    // A short lease: completion replaces it with the ttl.
+    let token = acquire(store, &key, &fp, t.short).await;
+    store
+        .complete(&key, token, outcome("ttl"), t.long)
+        .await
+        .unwrap();
+    t.wait_out_short().await;
+    assert_completed(store, &key, &fp, &outcome("ttl")).await;
+
+    let short_lived = RecordKey::new("ttl", "short");
+    let token2 = acquire(store, &short_lived, &fp, t.long).await;
+    store
+        .complete(&short_lived, token2, outcome("short"), t.short)
+        .await
+        .unwrap();
+    t.wait_out_short().await;
+    let next = acquire(store, &short_lived, &fp, t.long).await;
+    vec![token, token2, next]
+}
+
+/// Of many concurrent claims of a free key, exactly one is acquired.
+pub async fn check_concurrent_claims<S: IdempotencyStore>(store: &S) {
+    let key = RecordKey::new("p", "same");
+    let fp = fingerprint(8);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move { store.claim(&key, &fp, Duration::from_secs(60)).await })
+        })
+        .collect();
+    let mut acquired = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Claim::Acquired(_)) => acquired += 1,
+            Ok(Claim::InFlight { fingerprint }) => assert_eq!(fingerprint, fp),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(acquired, 1);
+}
