@@ -237,7 +237,7 @@ fn decide<C, T: RequestTemplate>(
         }
     }
     if let Some(budget) = &config.budget {
-        if !budget.withdraw() {
+        if !budget.withdraw_for(request.uri()) {
             return Err(Some(GiveUpReason::BudgetExhausted));
         }
     }

@@ -7,7 +7,7 @@ use tower_service::Service;
 use super::{ResponseFuture, RetryLayer};
 use crate::BoxError;
 use crate::classify::Classifier;
-use crate::request::{RetryRequest, RetryResponse};
+use crate::request::{RequestTemplate, RetryRequest, RetryResponse};
 
 /// Retries failed attempts of requests that are safe to repeat.
 ///
@@ -101,11 +101,11 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let config = &*self.config;
-        if let Some(budget) = &config.budget {
-            budget.deposit();
-        }
         let deadline = config.deadline.map(|d| Instant::now() + d);
         let (attempt, template) = request.into_attempt(config.replay_limit);
+        if let Some(budget) = &config.budget {
+            budget.deposit_for(template.view().uri());
+        }
         let future = service.call(attempt);
         ResponseFuture::new(future, service, template, self.config.clone(), deadline)
     }
