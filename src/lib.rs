@@ -53,7 +53,7 @@ pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
-pub use idempotency_key::IdempotencyKey;
+pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
 /// The error type of the middleware: the wrapped service's error, boxed, or

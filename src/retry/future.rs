@@ -113,6 +113,7 @@ where
                             Err(timed_out(*this.deadline))
                         }
                     };
+                    this.template.attempt_done();
                     let request = this.template.view().with_attempt(*this.attempt);
                     let outcome = match &result {
                         Ok(response) => Outcome::Response {
@@ -182,7 +183,7 @@ where
                     // Checked before the delay; fails only if a body copy was
                     // taken back in the meantime, and then the caller is told.
                     let request = this.template.replay()?;
-                    let future = this.service.call(request);
+                    let future = this.template.send(this.service, request);
                     let timeout = attempt_timeout(this.config.attempt_timeout, *this.deadline);
                     this.state.set(State::Calling { future, timeout });
                 }

@@ -106,7 +106,7 @@ where
         if let Some(budget) = &config.budget {
             budget.deposit_for(template.view().uri());
         }
-        let future = service.call(attempt);
+        let future = template.send(&mut service, attempt);
         ResponseFuture::new(future, service, template, self.config.clone(), deadline)
     }
 }

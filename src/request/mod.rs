@@ -5,10 +5,18 @@
 //! behind the `reqwest` feature, for `reqwest::Request` / `reqwest::Response`.
 //! Implement them to use the retry layer with another HTTP client type.
 
-use http::{Extensions, HeaderMap, StatusCode};
+#[cfg(feature = "reqwest")]
+mod reqwest;
+
+#[cfg(feature = "reqwest")]
+pub use self::reqwest::ReqwestTemplate;
+
+use http::{Extensions, HeaderMap, Method, StatusCode};
+use tower_service::Service;
 
 use crate::ReplayBody;
 use crate::classify::RequestView;
+use crate::idempotency_key::{IDEMPOTENCY_KEY, IdempotencyKey, KeySlot};
 use crate::retry::NotReplayable;
 
 /// A request the retry layer can send more than once.
@@ -52,6 +60,86 @@ pub trait RequestTemplate {
 
     /// Makes the next attempt.
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable>;
+
+    /// Passes an attempt to `service`. The default just calls it; a template
+    /// may wrap the call to hand context about the logical request to the
+    /// layers below.
+    fn send<S: Service<Self::Attempt>>(
+        &self,
+        service: &mut S,
+        attempt: Self::Attempt,
+    ) -> S::Future {
+        service.call(attempt)
+    }
+
+    /// Called when an attempt has finished, before it is classified: lets the
+    /// template adopt what the layers below decided for the logical request
+    /// (such as the idempotency key an inner `IdempotencyKeyLayer` chose), so
+    /// that the classifier, the safety rule and the next attempts see it.
+    fn attempt_done(&mut self) {}
+}
+
+/// A request [`IdempotencyKeyLayer`](crate::IdempotencyKeyLayer) can give a
+/// key.
+///
+/// ```
+/// use tower_reissue::request::KeyableRequest;
+/// let mut request = http::Request::post("http://api.example/").body(()).unwrap();
+/// request.headers_mut().insert("idempotency-key", "k-1".parse().unwrap());
+/// assert!(KeyableRequest::headers(&request).contains_key("idempotency-key"));
+/// assert!(KeyableRequest::extensions(&request).is_some());
+/// ```
+pub trait KeyableRequest {
+    /// The request method.
+    fn method(&self) -> &Method;
+    /// The request headers.
+    fn headers(&self) -> &HeaderMap;
+    /// The request headers, mutably.
+    fn headers_mut(&mut self) -> &mut HeaderMap;
+    /// The request extensions, where the type lets a middleware reach them.
+    fn extensions(&self) -> Option<&Extensions>;
+    /// The request extensions, mutably, where the type lets a middleware
+    /// reach them.
+    fn extensions_mut(&mut self) -> Option<&mut Extensions>;
+}
+
+impl<B> KeyableRequest for http::Request<B> {
+    fn method(&self) -> &Method {
+        self.method()
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        self.headers()
+    }
+
+    fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.headers_mut()
+    }
+
+    fn extensions(&self) -> Option<&Extensions> {
+        Some(self.extensions())
+    }
+
+    fn extensions_mut(&mut self) -> Option<&mut Extensions> {
+        Some(self.extensions_mut())
+    }
+}
+
+/// A slot for the key an inner `IdempotencyKeyLayer` will choose, for a
+/// request that may need one and has none yet. Safe methods (GET, HEAD,
+/// OPTIONS, TRACE) never get a key, so they get no slot and pay nothing.
+fn key_slot_for(
+    method: &Method,
+    headers: &HeaderMap,
+    extensions: Option<&Extensions>,
+) -> Option<KeySlot> {
+    let safe = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    let keyed = headers.contains_key(IDEMPOTENCY_KEY)
+        || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
+    (!safe && !keyed).then(KeySlot::default)
 }
 
 /// A response the retry layer can classify and annotate.
@@ -78,6 +166,8 @@ pub trait RetryResponse {
 pub struct HttpTemplate<B> {
     parts: http::request::Parts,
     body: ReplayBody<B>,
+    /// Until an attempt has filled it.
+    slot: Option<KeySlot>,
 }
 
 impl<B: http_body::Body> RetryRequest for http::Request<B> {
@@ -85,7 +175,11 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
     type Template = HttpTemplate<B>;
 
     fn into_attempt(self, replay_limit: usize) -> (Self::Attempt, Self::Template) {
-        let (parts, body) = self.into_parts();
+        let (mut parts, body) = self.into_parts();
+        let slot = key_slot_for(&parts.method, &parts.headers, Some(&parts.extensions));
+        if let Some(slot) = &slot {
+            parts.extensions.insert(slot.clone());
+        }
         let (first, handle) = ReplayBody::new(body, replay_limit);
         let attempt = http::Request::from_parts(parts.clone(), first);
         (
@@ -93,6 +187,7 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
             HttpTemplate {
                 parts,
                 body: handle,
+                slot,
             },
         )
     }
@@ -113,6 +208,19 @@ impl<B: http_body::Body> RequestTemplate for HttpTemplate<B> {
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable> {
         let body = self.body.replay()?;
         Ok(http::Request::from_parts(self.parts.clone(), body))
+    }
+
+    fn attempt_done(&mut self) {
+        let Some(slot) = &self.slot else {
+            return;
+        };
+        if let Some((_, key)) = slot.get() {
+            // From now on the request is keyed like one the caller keyed:
+            // the view shows the key and the key layer reuses it.
+            self.parts.extensions.insert(key.clone());
+            self.parts.extensions.remove::<KeySlot>();
+            self.slot = None;
+        }
     }
 }
 
