@@ -67,35 +67,41 @@ fn keys_seen(server: &TestServer) -> Vec<String> {
         .collect()
 }
 
+/// Sends one POST through `client` to a server answering 503 twice, and
+/// checks that the three attempts carried the key the response reports.
+async fn one_key_over_three_attempts<S>(client: S)
+where
+    S: tower::Service<
+            reqwest::Request,
+            Response = reqwest::Response,
+            Error = tower_reissue::BoxError,
+        >,
+{
+    let server = unavailable_twice().await;
+    let response = client.oneshot(post(&server.url("/emails"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(attempts(&response), 3);
+    let key = response
+        .extensions()
+        .get::<IdempotencyKey>()
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert_eq!(keys_seen(&server), vec![key; 3]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn keyed_post_is_retried_on_503_with_one_key_in_both_orders() {
     // IdempotencyKeyLayer -> RetryLayer -> reqwest::Client
-    let server = unavailable_twice().await;
-    let client = IdempotencyKeyLayer::new().layer(RetryLayer::new().layer(client()));
-    let response = client.oneshot(post(&server.url("/emails"))).await.unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(attempts(&response), 3);
-    let key = response
-        .extensions()
-        .get::<IdempotencyKey>()
-        .unwrap()
-        .as_str()
-        .to_owned();
-    assert_eq!(keys_seen(&server), vec![key; 3]);
-
+    one_key_over_three_attempts(
+        IdempotencyKeyLayer::new().layer(RetryLayer::new().layer(client())),
+    )
+    .await;
     // RetryLayer -> IdempotencyKeyLayer -> reqwest::Client
-    let server = unavailable_twice().await;
-    let client = RetryLayer::new().layer(IdempotencyKeyLayer::new().layer(self::client()));
-    let response = client.oneshot(post(&server.url("/emails"))).await.unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(attempts(&response), 3);
-    let key = response
-        .extensions()
-        .get::<IdempotencyKey>()
-        .unwrap()
-        .as_str()
-        .to_owned();
-    assert_eq!(keys_seen(&server), vec![key; 3]);
+    one_key_over_three_attempts(
+        RetryLayer::new().layer(IdempotencyKeyLayer::new().layer(client())),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -87,7 +87,9 @@ impl IdempotencyKey {
 
     /// A fresh random key (UUID v4).
     pub fn new_v4() -> Self {
-        Self::from_uuid(uuid::Uuid::new_v4())
+        // The thread-local CSPRNG of `rand` rather than `Uuid::new_v4`, which
+        // asks the OS for every key: one system call per request.
+        Self::from_uuid(uuid::Builder::from_random_bytes(rand::random()).into_uuid())
     }
 
     /// A fresh time-ordered key (UUID v7), friendlier to B-tree indexes.

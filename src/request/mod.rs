@@ -64,6 +64,7 @@ pub trait RequestTemplate {
     /// Passes an attempt to `service`. The default just calls it; a template
     /// may wrap the call to hand context about the logical request to the
     /// layers below.
+    #[inline(always)]
     fn send<S: Service<Self::Attempt>>(
         &self,
         service: &mut S,
@@ -76,6 +77,7 @@ pub trait RequestTemplate {
     /// template adopt what the layers below decided for the logical request
     /// (such as the idempotency key an inner `IdempotencyKeyLayer` chose), so
     /// that the classifier, the safety rule and the next attempts see it.
+    #[inline(always)]
     fn attempt_done(&mut self) {}
 }
 
@@ -128,18 +130,21 @@ impl<B> KeyableRequest for http::Request<B> {
 /// A slot for the key an inner `IdempotencyKeyLayer` will choose, for a
 /// request that may need one and has none yet. Safe methods (GET, HEAD,
 /// OPTIONS, TRACE) never get a key, so they get no slot and pay nothing.
+#[inline]
 fn key_slot_for(
     method: &Method,
     headers: &HeaderMap,
     extensions: Option<&Extensions>,
 ) -> Option<KeySlot> {
-    let safe = matches!(
+    if matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    );
+    ) {
+        return None;
+    }
     let keyed = headers.contains_key(IDEMPOTENCY_KEY)
         || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
-    (!safe && !keyed).then(KeySlot::default)
+    (!keyed).then(KeySlot::default)
 }
 
 /// A response the retry layer can classify and annotate.
@@ -175,13 +180,16 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
     type Template = HttpTemplate<B>;
 
     fn into_attempt(self, replay_limit: usize) -> (Self::Attempt, Self::Template) {
-        let (mut parts, body) = self.into_parts();
+        let (parts, body) = self.into_parts();
         let slot = key_slot_for(&parts.method, &parts.headers, Some(&parts.extensions));
-        if let Some(slot) = &slot {
-            parts.extensions.insert(slot.clone());
-        }
         let (first, handle) = ReplayBody::new(body, replay_limit);
-        let attempt = http::Request::from_parts(parts.clone(), first);
+        let mut attempt_parts = parts.clone();
+        // Only attempts carry the slot: the template's extensions stay as the
+        // caller left them, cheap to copy for each attempt.
+        if let Some(slot) = &slot {
+            attempt_parts.extensions.insert(slot.clone());
+        }
+        let attempt = http::Request::from_parts(attempt_parts, first);
         (
             attempt,
             HttpTemplate {
@@ -207,7 +215,12 @@ impl<B: http_body::Body> RequestTemplate for HttpTemplate<B> {
 
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable> {
         let body = self.body.replay()?;
-        Ok(http::Request::from_parts(self.parts.clone(), body))
+        let mut attempt = http::Request::from_parts(self.parts.clone(), body);
+        if let Some(slot) = &self.slot {
+            // No attempt has been given a key yet: this one may be.
+            attempt.extensions_mut().insert(slot.clone());
+        }
+        Ok(attempt)
     }
 
     fn attempt_done(&mut self) {
@@ -218,7 +231,6 @@ impl<B: http_body::Body> RequestTemplate for HttpTemplate<B> {
             // From now on the request is keyed like one the caller keyed:
             // the view shows the key and the key layer reuses it.
             self.parts.extensions.insert(key.clone());
-            self.parts.extensions.remove::<KeySlot>();
             self.slot = None;
         }
     }

@@ -103,10 +103,12 @@ where
         let config = &*self.config;
         let deadline = config.deadline.map(|d| Instant::now() + d);
         let (attempt, template) = request.into_attempt(config.replay_limit);
+        let future = template.send(&mut service, attempt);
+        // Deposited once the attempt is on its way: no withdrawal can come
+        // before its answer, and the attempt is not held up meanwhile.
         if let Some(budget) = &config.budget {
             budget.deposit_for(template.view().uri());
         }
-        let future = template.send(&mut service, attempt);
         ResponseFuture::new(future, service, template, self.config.clone(), deadline)
     }
 }
