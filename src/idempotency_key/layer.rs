@@ -79,10 +79,12 @@ impl IdempotencyKeyLayer {
         }
     }
 
-    /// Sends the key in another header. The retry layer finds the key through
-    /// the [`IdempotencyKey`] request extension, whatever the header (except
-    /// with request types that have no public extensions, such as
-    /// `reqwest::Request`, where it looks for `Idempotency-Key` itself).
+    /// Sends the key in another header. The retry layer still counts the
+    /// request as keyed: it finds the key through the [`IdempotencyKey`]
+    /// request extension, or through its key slot when this layer sits below
+    /// it. One case needs the default name: `reqwest::Request` has no public
+    /// extensions, so with this layer *above* the retry layer, the retry
+    /// layer only sees a key sent as `Idempotency-Key`.
     ///
     /// ```
     /// use http::HeaderName;

@@ -100,7 +100,14 @@ impl IdempotencyKey {
     /// assert_ne!(a, IdempotencyKey::new_v7());
     /// ```
     pub fn new_v7() -> Self {
-        Self::from_uuid(uuid::Uuid::now_v7())
+        // Millisecond order is what an index needs; the rest is random bits
+        // from `rand`'s thread-local generator, as for v4.
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        Self::from_uuid(
+            uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid(),
+        )
     }
 
     fn from_uuid(id: uuid::Uuid) -> Self {
