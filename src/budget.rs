@@ -1,8 +1,12 @@
 //! A cap on how much extra load retries may add.
 
+use arc_swap::ArcSwap;
+use http::Uri;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -11,6 +15,21 @@ const SLOTS: usize = 10;
 /// What one logical request deposits. Withdrawals cost `DEPOSIT / ratio`,
 /// so ratios keep two decimal digits of precision in integer arithmetic.
 const DEPOSIT: i64 = 100;
+/// Hosts a per-host budget tracks by default before new hosts share the
+/// overflow budget.
+const DEFAULT_MAX_HOSTS: usize = 1024;
+
+/// A slot packs the epoch it was last written in (high 24 bits) with a signed
+/// balance (low 40 bits), so a stale slot is recognised and reset by the same
+/// compare-and-swap that writes to it. 40 bits hold over five billion
+/// requests per slot; 24 bits of epoch wrap after 2^24 slots (194 days at the
+/// default one-second slots), and the wrapping comparisons stay correct
+/// across the wrap.
+const EPOCH_BITS: u32 = 24;
+const VALUE_BITS: u32 = 64 - EPOCH_BITS;
+const EPOCH_MASK: u32 = (1 << EPOCH_BITS) - 1;
+const VALUE_MAX: i64 = (1 << (VALUE_BITS - 1)) - 1;
+const VALUE_MIN: i64 = -(1 << (VALUE_BITS - 1));
 
 /// Allows retries up to a fraction of recent requests, plus a small floor.
 ///
@@ -24,7 +43,13 @@ const DEPOSIT: i64 = 100;
 /// A `RetryBudget` is a cheap handle (an `Arc`): every clone of a
 /// [`Retry`](crate::Retry) service shares the one given to its layer, and
 /// passing the same handle to several layers makes them share it too.
-/// Deposits and withdrawals are lock-free.
+/// Deposits and withdrawals are lock-free, and exact under contention: a
+/// withdrawal is granted only if the balance covers it at the instant it is
+/// taken, and no deposit or withdrawal is ever lost.
+///
+/// A budget built with [`per_host`](RetryBudgetBuilder::per_host) keeps one
+/// balance per URI authority, so one failing host cannot spend the retries of
+/// the healthy ones.
 ///
 /// ```
 /// use tower_reissue::RetryBudget;
@@ -38,22 +63,41 @@ const DEPOSIT: i64 = 100;
 /// ```
 #[derive(Clone)]
 pub struct RetryBudget {
-    bank: Arc<Bank>,
+    shared: Arc<Shared>,
 }
 
-struct Bank {
-    start: Instant,
-    slot_nanos: u64,
-    /// Each slot packs the epoch it was last written in (high 32 bits) with a
-    /// signed balance (low 32 bits), so a stale slot is recognised and reset
-    /// by the same compare-and-swap that writes to it.
-    slots: [AtomicU64; SLOTS],
-    deposit: i64,
-    withdraw: i64,
-    reserve: i64,
+struct Shared {
+    /// The whole budget; with a per-host budget, the one of requests without
+    /// an authority and of hosts past `max_hosts`.
+    bank: Bank,
+    hosts: Option<Hosts>,
     ratio: f64,
     min_per_sec: u32,
     window: Duration,
+}
+
+/// What every bank of one budget is built from.
+#[derive(Clone, Copy)]
+struct Terms {
+    slot_nanos: u64,
+    deposit: i64,
+    withdraw: i64,
+    reserve: i64,
+}
+
+struct Bank {
+    terms: Terms,
+    start: Instant,
+    slots: [AtomicU64; SLOTS],
+}
+
+/// One bank per authority. Reads (every request) take a lock-free snapshot
+/// of the map; only the first request to a new host takes the mutex and
+/// publishes a grown copy, so the hot path never waits on a writer.
+struct Hosts {
+    map: ArcSwap<HashMap<Box<str>, Arc<Bank>>>,
+    grow: Mutex<()>,
+    max_hosts: usize,
 }
 
 impl RetryBudget {
@@ -71,7 +115,8 @@ impl RetryBudget {
         Self::builder().ratio(ratio).build()
     }
 
-    /// Starts a budget with the defaults: ratio 0.2, 10 retries/s, 10 s.
+    /// Starts a budget with the defaults: ratio 0.2, 10 retries/s, 10 s, one
+    /// balance for all hosts.
     ///
     /// ```
     /// use std::time::Duration;
@@ -80,6 +125,7 @@ impl RetryBudget {
     ///     .ratio(0.1)
     ///     .min_per_sec(1)
     ///     .window(Duration::from_secs(30))
+    ///     .per_host()
     ///     .build();
     /// # let _ = budget;
     /// ```
@@ -88,11 +134,13 @@ impl RetryBudget {
             ratio: 0.2,
             min_per_sec: 10,
             window: Duration::from_secs(10),
+            max_hosts: None,
         }
     }
 
-    /// Records one logical request. The retry layer calls this once per
-    /// request, before its first attempt.
+    /// Records one logical request. For a per-host budget this is the
+    /// balance of requests without an authority; see
+    /// [`deposit_for`](Self::deposit_for).
     ///
     /// ```
     /// use tower_reissue::RetryBudget;
@@ -101,12 +149,12 @@ impl RetryBudget {
     /// assert!(budget.withdraw());
     /// ```
     pub fn deposit(&self) {
-        if self.bank.deposit != 0 {
-            self.bank.add(self.bank.deposit);
-        }
+        self.shared.bank.deposit();
     }
 
-    /// Takes the cost of one retry if the budget allows it.
+    /// Takes the cost of one retry if the budget allows it. For a per-host
+    /// budget this is the balance of requests without an authority; see
+    /// [`withdraw_for`](Self::withdraw_for).
     ///
     /// ```
     /// use tower_reissue::RetryBudget;
@@ -114,21 +162,11 @@ impl RetryBudget {
     /// assert!(!budget.withdraw());
     /// ```
     pub fn withdraw(&self) -> bool {
-        let bank = &*self.bank;
-        if bank.balance() < bank.withdraw {
-            return false;
-        }
-        bank.add(-bank.withdraw);
-        // Another thread may have withdrawn between the check and the
-        // subtraction: refund rather than overdraw.
-        if bank.balance() < 0 {
-            bank.add(bank.withdraw);
-            return false;
-        }
-        true
+        self.shared.bank.withdraw()
     }
 
-    /// How many retries the budget would allow right now.
+    /// How many retries the budget would allow right now (for a per-host
+    /// budget: requests without an authority, and hosts past `max_hosts`).
     ///
     /// ```
     /// use tower_reissue::RetryBudget;
@@ -137,26 +175,76 @@ impl RetryBudget {
     /// assert_eq!(budget.available(), 2);
     /// ```
     pub fn available(&self) -> u64 {
-        let bank = &*self.bank;
-        if bank.withdraw == 0 {
-            return u64::MAX;
+        self.shared.bank.available()
+    }
+
+    /// Records one logical request to `uri`: the retry layer calls this once
+    /// per request, before its first attempt. Same as
+    /// [`deposit`](Self::deposit) unless the budget is per host.
+    ///
+    /// ```
+    /// use http::Uri;
+    /// use tower_reissue::RetryBudget;
+    /// let budget = RetryBudget::builder().ratio(1.0).min_per_sec(0).per_host().build();
+    /// let uri = Uri::from_static("https://api.example/v1/emails");
+    /// budget.deposit_for(&uri);
+    /// assert_eq!(budget.available_for(&uri), 1);
+    /// assert_eq!(budget.available_for(&Uri::from_static("https://other.example/")), 0);
+    /// ```
+    pub fn deposit_for(&self, uri: &Uri) {
+        match &self.shared.hosts {
+            None => self.shared.bank.deposit(),
+            Some(hosts) => hosts.with_bank(&self.shared.bank, uri, true, Bank::deposit),
         }
-        u64::try_from(bank.balance().max(0) / bank.withdraw).unwrap_or(0)
+    }
+
+    /// Takes the cost of one retry of a request to `uri` if its budget allows
+    /// it. Same as [`withdraw`](Self::withdraw) unless the budget is per host.
+    ///
+    /// ```
+    /// use http::Uri;
+    /// use tower_reissue::RetryBudget;
+    /// let budget = RetryBudget::builder().ratio(1.0).min_per_sec(0).per_host().build();
+    /// let (down, up) = (Uri::from_static("http://down.example/"), Uri::from_static("http://up.example/"));
+    /// budget.deposit_for(&up);
+    /// assert!(!budget.withdraw_for(&down), "up.example's deposit is not down.example's");
+    /// assert!(budget.withdraw_for(&up));
+    /// ```
+    pub fn withdraw_for(&self, uri: &Uri) -> bool {
+        match &self.shared.hosts {
+            None => self.shared.bank.withdraw(),
+            Some(hosts) => hosts.with_bank(&self.shared.bank, uri, true, Bank::withdraw),
+        }
+    }
+
+    /// How many retries of requests to `uri` the budget would allow right
+    /// now. Same as [`available`](Self::available) unless the budget is per
+    /// host. A host not seen yet has the floor's share.
+    pub fn available_for(&self, uri: &Uri) -> u64 {
+        match &self.shared.hosts {
+            None => self.shared.bank.available(),
+            Some(hosts) => hosts.with_bank(&self.shared.bank, uri, false, Bank::available),
+        }
+    }
+
+    /// Whether the budget keeps one balance per authority.
+    pub fn is_per_host(&self) -> bool {
+        self.shared.hosts.is_some()
     }
 
     /// The configured extra-load ratio.
     pub fn ratio(&self) -> f64 {
-        self.bank.ratio
+        self.shared.ratio
     }
 
     /// The configured floor, in retries per second.
     pub fn min_per_sec(&self) -> u32 {
-        self.bank.min_per_sec
+        self.shared.min_per_sec
     }
 
     /// The configured window.
     pub fn window(&self) -> Duration {
-        self.bank.window
+        self.shared.window
     }
 
     /// Whether two handles share one budget.
@@ -168,12 +256,12 @@ impl RetryBudget {
     /// assert!(!a.same_budget(&RetryBudget::default()));
     /// ```
     pub fn same_budget(&self, other: &RetryBudget) -> bool {
-        Arc::ptr_eq(&self.bank, &other.bank)
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
 impl Default for RetryBudget {
-    /// Ratio 0.2, 10 retries/s floor, 10 s window.
+    /// Ratio 0.2, 10 retries/s floor, 10 s window, one balance for all hosts.
     fn default() -> Self {
         Self::builder().build()
     }
@@ -181,12 +269,18 @@ impl Default for RetryBudget {
 
 impl fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryBudget")
-            .field("ratio", &self.bank.ratio)
-            .field("min_per_sec", &self.bank.min_per_sec)
-            .field("window", &self.bank.window)
-            .field("available", &self.available())
-            .finish()
+        let mut debug = f.debug_struct("RetryBudget");
+        debug
+            .field("ratio", &self.shared.ratio)
+            .field("min_per_sec", &self.shared.min_per_sec)
+            .field("window", &self.shared.window)
+            .field("available", &self.available());
+        if let Some(hosts) = &self.shared.hosts {
+            debug
+                .field("hosts", &hosts.map.load().len())
+                .field("max_hosts", &hosts.max_hosts);
+        }
+        debug.finish()
     }
 }
 
@@ -202,6 +296,7 @@ pub struct RetryBudgetBuilder {
     ratio: f64,
     min_per_sec: u32,
     window: Duration,
+    max_hosts: Option<usize>,
 }
 
 impl RetryBudgetBuilder {
@@ -217,7 +312,8 @@ impl RetryBudgetBuilder {
     }
 
     /// Retries per second allowed whatever the traffic, so that a client with
-    /// few requests can still retry.
+    /// few requests can still retry. With [`per_host`](Self::per_host), each
+    /// host has its own floor.
     pub fn min_per_sec(mut self, min_per_sec: u32) -> Self {
         self.min_per_sec = min_per_sec;
         self
@@ -226,6 +322,38 @@ impl RetryBudgetBuilder {
     /// How far back requests count. Clamped to 1 s ..= 60 s.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        self
+    }
+
+    /// Keeps one balance per URI authority (host and port, without regard to
+    /// case), like reqwest's per-host retry budgets: a host that is down
+    /// spends its own retries, not those of the healthy hosts. At most 1024
+    /// hosts are tracked (see [`max_hosts`](Self::max_hosts)).
+    ///
+    /// ```
+    /// use tower_reissue::RetryBudget;
+    /// let budget = RetryBudget::builder().per_host().build();
+    /// assert!(budget.is_per_host());
+    /// ```
+    pub fn per_host(mut self) -> Self {
+        if self.max_hosts.is_none() {
+            self.max_hosts = Some(DEFAULT_MAX_HOSTS);
+        }
+        self
+    }
+
+    /// Makes the budget per host (see [`per_host`](Self::per_host)) and
+    /// bounds how many hosts get their own balance. A new host past the bound
+    /// takes the place of a host idle for a whole window, if there is one;
+    /// otherwise it shares the budget of requests without an authority.
+    ///
+    /// ```
+    /// use tower_reissue::RetryBudget;
+    /// let budget = RetryBudget::builder().max_hosts(16).build();
+    /// assert!(budget.is_per_host());
+    /// ```
+    pub fn max_hosts(mut self, max_hosts: usize) -> Self {
+        self.max_hosts = Some(max_hosts);
         self
     }
 
@@ -245,14 +373,20 @@ impl RetryBudgetBuilder {
         let slot_nanos = u64::try_from(self.window.as_nanos() / SLOTS as u128)
             .unwrap_or(u64::MAX)
             .max(1);
+        let terms = Terms {
+            slot_nanos,
+            deposit,
+            withdraw,
+            reserve,
+        };
         RetryBudget {
-            bank: Arc::new(Bank {
-                start: Instant::now(),
-                slot_nanos,
-                slots: Default::default(),
-                deposit,
-                withdraw,
-                reserve,
+            shared: Arc::new(Shared {
+                bank: Bank::new(terms),
+                hosts: self.max_hosts.map(|max_hosts| Hosts {
+                    map: ArcSwap::from_pointee(HashMap::new()),
+                    grow: Mutex::new(()),
+                    max_hosts,
+                }),
                 ratio: self.ratio,
                 min_per_sec: self.min_per_sec,
                 window: self.window,
@@ -261,24 +395,103 @@ impl RetryBudgetBuilder {
     }
 }
 
+impl Hosts {
+    /// Runs `op` on the bank of `uri`'s authority. `create` says whether an
+    /// unseen host gets a bank of its own (deposits and withdrawals) or is
+    /// looked at through a fresh one (`available_for`).
+    fn with_bank<R>(&self, overflow: &Bank, uri: &Uri, create: bool, op: fn(&Bank) -> R) -> R {
+        let Some(key) = host_key(uri) else {
+            return op(overflow);
+        };
+        if let Some(bank) = self.map.load().get(&*key) {
+            return op(bank);
+        }
+        if !create {
+            let full = self.map.load().len() >= self.max_hosts;
+            return if full {
+                op(overflow)
+            } else {
+                op(&Bank::new(overflow.terms))
+            };
+        }
+        match self.insert(overflow, key) {
+            Some(bank) => op(&bank),
+            None => op(overflow),
+        }
+    }
+
+    /// Adds a bank for a new host; `None` when the map is full of hosts
+    /// active within the window.
+    fn insert(&self, overflow: &Bank, key: Cow<'_, str>) -> Option<Arc<Bank>> {
+        // A poisoned lock only means another thread panicked while copying
+        // the map; the published map is still whole.
+        let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.map.load_full();
+        if let Some(bank) = current.get(&*key) {
+            return Some(bank.clone());
+        }
+        let mut next: HashMap<Box<str>, Arc<Bank>> = if current.len() >= self.max_hosts {
+            current
+                .iter()
+                .filter(|(_, bank)| !bank.is_idle())
+                .map(|(k, bank)| (k.clone(), bank.clone()))
+                .collect()
+        } else {
+            (*current).clone()
+        };
+        if next.len() >= self.max_hosts {
+            return None;
+        }
+        let bank = Arc::new(Bank::new(overflow.terms));
+        next.insert(key.into_owned().into_boxed_str(), bank.clone());
+        self.map.store(Arc::new(next));
+        Some(bank)
+    }
+}
+
+/// The authority of `uri` without user info, in lower case; borrowed unless
+/// the URI spells the host with capitals.
+fn host_key(uri: &Uri) -> Option<Cow<'_, str>> {
+    let authority = uri.authority()?.as_str();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
 impl Bank {
+    fn new(terms: Terms) -> Bank {
+        Bank {
+            terms,
+            start: Instant::now(),
+            slots: Default::default(),
+        }
+    }
+
     fn epoch(&self) -> u32 {
         let nanos = Instant::now()
             .saturating_duration_since(self.start)
             .as_nanos();
-        // Wraps after 2^32 slots (over a century at one-second slots); the
-        // wrapping comparisons below stay correct across the wrap.
-        (nanos / u128::from(self.slot_nanos)) as u32
+        (nanos / u128::from(self.terms.slot_nanos)) as u32 & EPOCH_MASK
     }
 
-    fn add(&self, amount: i64) {
+    fn deposit(&self) {
+        let amount = self.terms.deposit;
+        if amount == 0 {
+            return;
+        }
         let epoch = self.epoch();
         let slot = &self.slots[epoch as usize % SLOTS];
         let mut current = slot.load(Ordering::Acquire);
         loop {
-            let (slot_epoch, value) = unpack(current);
-            let base = if slot_epoch == epoch { value } else { 0 };
-            let next = pack(epoch, clamp_i32(i64::from(base) + amount));
+            let value = live_value(current, epoch);
+            // Past the slot's range a deposit is dropped: the budget then
+            // allows fewer retries, never more.
+            let next = pack(epoch, (value + amount).min(VALUE_MAX));
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
@@ -286,29 +499,81 @@ impl Bank {
         }
     }
 
-    fn balance(&self) -> i64 {
+    fn withdraw(&self) -> bool {
+        let cost = self.terms.withdraw;
         let epoch = self.epoch();
-        let live: i64 = self
-            .slots
+        let index = epoch as usize % SLOTS;
+        let slot = &self.slots[index];
+        // Within one slot period only the current slot changes, so checking
+        // the balance and taking the cost in one compare-and-swap on it makes
+        // the withdrawal exact: it never overdraws, and a racing withdrawal
+        // never makes it refuse while the balance still covers it.
+        let others = self
+            .sum(epoch, Some(index))
+            .saturating_add(self.terms.reserve);
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            let value = live_value(current, epoch);
+            if others.saturating_add(value) < cost || value - cost < VALUE_MIN {
+                return false;
+            }
+            let next = pack(epoch, value - cost);
+            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn available(&self) -> u64 {
+        let balance = self
+            .sum(self.epoch(), None)
+            .saturating_add(self.terms.reserve);
+        u64::try_from(balance.max(0) / self.terms.withdraw).unwrap_or(0)
+    }
+
+    /// The live slots' total, leaving out `skip`.
+    fn sum(&self, epoch: u32, skip: Option<usize>) -> i64 {
+        self.slots
             .iter()
-            .map(|slot| unpack(slot.load(Ordering::Acquire)))
-            .filter(|(slot_epoch, _)| epoch.wrapping_sub(*slot_epoch) < SLOTS as u32)
-            .map(|(_, value)| i64::from(value))
-            .sum();
-        live.saturating_add(self.reserve)
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, slot)| live_value(slot.load(Ordering::Acquire), epoch))
+            .fold(0i64, i64::saturating_add)
+    }
+
+    /// No slot was written within the window.
+    fn is_idle(&self) -> bool {
+        let epoch = self.epoch();
+        self.slots
+            .iter()
+            .all(|slot| !is_live(slot.load(Ordering::Acquire), epoch))
     }
 }
 
-fn pack(epoch: u32, value: i32) -> u64 {
-    (u64::from(epoch) << 32) | u64::from(value as u32)
+fn is_live(word: u64, epoch: u32) -> bool {
+    let (slot_epoch, _) = unpack(word);
+    word != 0 && epoch.wrapping_sub(slot_epoch) & EPOCH_MASK < SLOTS as u32
 }
 
-fn unpack(word: u64) -> (u32, i32) {
-    ((word >> 32) as u32, word as u32 as i32)
+/// The slot's balance if it was written within the window, else 0.
+fn live_value(word: u64, epoch: u32) -> i64 {
+    if is_live(word, epoch) {
+        unpack(word).1
+    } else {
+        0
+    }
 }
 
-fn clamp_i32(v: i64) -> i32 {
-    v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+fn pack(epoch: u32, value: i64) -> u64 {
+    (u64::from(epoch & EPOCH_MASK) << VALUE_BITS) | (value as u64 & ((1 << VALUE_BITS) - 1))
+}
+
+fn unpack(word: u64) -> (u32, i64) {
+    let epoch = (word >> VALUE_BITS) as u32;
+    // Shifting left then arithmetically right sign-extends the 40-bit value.
+    let value = ((word << EPOCH_BITS) as i64) >> EPOCH_BITS;
+    (epoch, value)
 }
 
 #[cfg(test)]
@@ -317,7 +582,7 @@ mod tests {
 
     #[test]
     fn pack_round_trips() {
-        for (e, v) in [(0, 0), (7, -5), (u32::MAX, i32::MIN), (3, i32::MAX)] {
+        for (e, v) in [(0, 0), (7, -5), (EPOCH_MASK, VALUE_MIN), (3, VALUE_MAX)] {
             assert_eq!(unpack(pack(e, v)), (e, v));
         }
     }

@@ -6,10 +6,18 @@
 //!   deadlines, and replay of request bodies. Requests that are not idempotent
 //!   are retried only when the server provably never acted on them or when
 //!   they carry an idempotency key.
+//! - [`IdempotencyKeyLayer`]: gives POST and PATCH requests an
+//!   `Idempotency-Key`, one per logical request whichever side of the
+//!   [`RetryLayer`] it sits on, so that they may be retried after failures
+//!   that leave their fate unknown.
 //! - [`IdempotencyLayer`]: the server side. It stores the first result under
 //!   the request's `Idempotency-Key` and replays it, rejects concurrent
 //!   duplicates (409) and a key reused for another payload (422), with a
 //!   pluggable [`IdempotencyStore`] ([`MemoryStore`] by default).
+//!
+//! Both client layers work with `http::Request`/`http::Response` services
+//! (hyper-util's client, axum, any tower service) and, with the `reqwest`
+//! feature, with `reqwest::Client`.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -56,7 +64,7 @@ pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotency::store::RedisStore;
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
-pub use idempotency_key::IdempotencyKey;
+pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
 /// The error type of the middleware: the wrapped service's error, boxed, or

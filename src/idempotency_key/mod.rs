@@ -1,7 +1,40 @@
 //! Idempotency keys on the client side.
+//!
+//! [`IdempotencyKeyLayer`] gives every POST and PATCH request that lacks one
+//! an `Idempotency-Key: <UUID v4>` header, so that a server deduplicating on
+//! it (such as one behind [`IdempotencyLayer`](crate::IdempotencyLayer)) can
+//! run the request once however often it is sent, and so that
+//! [`RetryLayer`](crate::RetryLayer) may retry it after failures that leave
+//! its fate unknown.
+//!
+//! The key is generated once per logical request and reused on every retry,
+//! whichever order the two layers are stacked in:
+//!
+//! - `IdempotencyKeyLayer` outside `RetryLayer`: the key is set on the request
+//!   before the retry layer copies it for each attempt.
+//! - `RetryLayer` outside `IdempotencyKeyLayer`: the retry layer hands each
+//!   logical request with an unsafe method (anything but GET, HEAD, OPTIONS
+//!   and TRACE) a slot in its extensions; the key layer fills it on the first
+//!   attempt and reads it back on the next ones, and the retry layer then
+//!   counts the request as keyed. Requests with a safe method, and requests
+//!   that already carry a key, get no slot and pay nothing.
+//!
+//! A key the caller set (the header, or an [`IdempotencyKey`] extension) is
+//! never replaced. The key is put in the request's and the response's
+//! extensions as an [`IdempotencyKey`].
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::IdempotencyKeyLayer;
+pub use service::SetIdempotencyKey;
 
 use http::{HeaderName, HeaderValue};
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// The `Idempotency-Key` header name.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -54,7 +87,9 @@ impl IdempotencyKey {
 
     /// A fresh random key (UUID v4).
     pub fn new_v4() -> Self {
-        Self::from_uuid(uuid::Uuid::new_v4())
+        // The thread-local CSPRNG of `rand` rather than `Uuid::new_v4`, which
+        // asks the OS for every key: one system call per request.
+        Self::from_uuid(uuid::Builder::from_random_bytes(rand::random()).into_uuid())
     }
 
     /// A fresh time-ordered key (UUID v7), friendlier to B-tree indexes.
@@ -65,7 +100,14 @@ impl IdempotencyKey {
     /// assert_ne!(a, IdempotencyKey::new_v7());
     /// ```
     pub fn new_v7() -> Self {
-        Self::from_uuid(uuid::Uuid::now_v7())
+        // Millisecond order is what an index needs; the rest is random bits
+        // from `rand`'s thread-local generator, as for v4.
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        Self::from_uuid(
+            uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid(),
+        )
     }
 
     fn from_uuid(id: uuid::Uuid) -> Self {
@@ -121,3 +163,55 @@ impl fmt::Display for InvalidIdempotencyKey {
 }
 
 impl std::error::Error for InvalidIdempotencyKey {}
+
+/// Where one logical request keeps its key across attempts when the key layer
+/// sits inside the retry layer: the retry layer makes it, the key layer fills
+/// it on the first attempt (with the header name it uses) and reads it back.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeySlot(Arc<OnceLock<(HeaderName, IdempotencyKey)>>);
+
+impl KeySlot {
+    /// The key and its header name, once an attempt has been given one.
+    pub(crate) fn get(&self) -> Option<&(HeaderName, IdempotencyKey)> {
+        self.0.get()
+    }
+
+    /// The slot's key, setting it to `key()` if it has none yet.
+    pub(crate) fn get_or_init(
+        &self,
+        key: impl FnOnce() -> (HeaderName, IdempotencyKey),
+    ) -> &IdempotencyKey {
+        &self.0.get_or_init(key).1
+    }
+
+    /// Runs `call` with this slot visible to [`KeySlot::current`]. Request
+    /// types whose extensions are out of reach (`reqwest::Request`) hand the
+    /// slot over this way, for the span of the synchronous `Service::call`
+    /// that passes the attempt down the stack.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn lend<R>(slot: Option<&KeySlot>, call: impl FnOnce() -> R) -> R {
+        let Some(slot) = slot else {
+            return call();
+        };
+        let previous = LENT.with(|lent| lent.replace(Some(slot.clone())));
+        // Restored even if `call` panics, so a slot never outlives its call.
+        struct Restore(Option<KeySlot>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                LENT.with(|lent| *lent.borrow_mut() = previous);
+            }
+        }
+        let _restore = Restore(previous);
+        call()
+    }
+
+    /// The slot lent by the retry layer around the current call, if any.
+    pub(crate) fn current() -> Option<KeySlot> {
+        LENT.with(|lent| lent.borrow().clone())
+    }
+}
+
+thread_local! {
+    static LENT: RefCell<Option<KeySlot>> = const { RefCell::new(None) };
+}

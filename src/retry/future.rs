@@ -124,6 +124,7 @@ where
                             Err(timed_out(*this.deadline))
                         }
                     };
+                    this.template.attempt_done();
                     let request = this.template.view().with_attempt(*this.attempt);
                     let outcome = match &result {
                         Ok(response) => Outcome::Response {
@@ -194,7 +195,7 @@ where
                     // Checked before the delay; fails only if a body copy was
                     // taken back in the meantime, and then the caller is told.
                     let request = this.template.replay()?;
-                    let future = this.service.call(request);
+                    let future = this.template.send(this.service, request);
                     match attempt_ends(this.config.attempt_timeout, *this.deadline) {
                         Some(at) => set_timer(this.timer, at),
                         // No bound on this attempt: the delay's timer must
@@ -254,7 +255,7 @@ fn decide<C, T: RequestTemplate>(
         }
     }
     if let Some(budget) = &config.budget {
-        if !budget.withdraw() {
+        if !budget.withdraw_for(request.uri()) {
             return Err(Some(GiveUpReason::BudgetExhausted));
         }
     }

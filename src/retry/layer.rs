@@ -132,7 +132,9 @@ impl<C> RetryLayer<C> {
     }
 
     /// The retry budget. Pass the same handle to several layers to make them
-    /// share it.
+    /// share it. Each logical request deposits once and each retry withdraws
+    /// once, from the balance of the request's authority if the budget was
+    /// built [`per_host`](crate::budget::RetryBudgetBuilder::per_host).
     ///
     /// ```
     /// use tower_reissue::{RetryBudget, RetryLayer};

@@ -8,15 +8,18 @@
 //! 2. the request is safe to repeat: the server provably did not process it
 //!    (`Processed::No`), or its method is idempotent (GET, HEAD, OPTIONS,
 //!    TRACE, PUT, DELETE), or it carries an idempotency key (the
-//!    [`IdempotencyKey`](crate::IdempotencyKey) extension or an
-//!    `Idempotency-Key` header); a [`Retryable`] extension forces either way;
+//!    [`IdempotencyKey`](crate::IdempotencyKey) extension, an
+//!    `Idempotency-Key` header, or the key an
+//!    [`IdempotencyKeyLayer`](crate::IdempotencyKeyLayer) below this layer
+//!    gave its first attempt); a [`Retryable`] extension forces either way;
 //! 3. fewer than `max_attempts` attempts were made (default 3, counting the
 //!    first);
 //! 4. the body can be replayed (it fit in `replay_limit`, default 64 KiB);
 //! 5. the server's `retry_after` is not over `max_retry_after` (default 60 s):
 //!    a server asking for an hour gets its response handed back at once;
 //! 6. the delay ends before the deadline, if one is set;
-//! 7. the [`RetryBudget`](crate::RetryBudget) allows it.
+//! 7. the [`RetryBudget`](crate::RetryBudget) allows it (the budget of the
+//!    request's authority, if the budget is per host).
 //!
 //! The delay is the server's `retry_after` plus a jitter of up to a tenth of
 //! it (at most one second), so that clients told the same instant do not all

@@ -7,7 +7,7 @@ use tower_service::Service;
 use super::{ResponseFuture, RetryLayer};
 use crate::BoxError;
 use crate::classify::Classifier;
-use crate::request::{RetryRequest, RetryResponse};
+use crate::request::{RequestTemplate, RetryRequest, RetryResponse};
 
 /// Retries failed attempts of requests that are safe to repeat.
 ///
@@ -101,12 +101,14 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let config = &*self.config;
-        if let Some(budget) = &config.budget {
-            budget.deposit();
-        }
         let deadline = config.deadline.map(|d| Instant::now() + d);
         let (attempt, template) = request.into_attempt(config.replay_limit);
-        let future = service.call(attempt);
+        let future = template.send(&mut service, attempt);
+        // Deposited once the attempt is on its way: no withdrawal can come
+        // before its answer, and the attempt is not held up meanwhile.
+        if let Some(budget) = &config.budget {
+            budget.deposit_for(template.view().uri());
+        }
         ResponseFuture::new(future, service, template, self.config.clone(), deadline)
     }
 }
