@@ -19,9 +19,61 @@
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`
 //! feature, with `reqwest::Client`.
 //!
+//! # Quick start
+//!
+//! A server whose `POST /emails` runs once per key, and a client that retries
+//! it safely: the key is generated once and reused on every attempt.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::post};
+//! use bytes::Bytes;
+//! use http::{Method, Request, StatusCode};
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_reissue::{
+//!     Attempts, IdempotencyKey, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody,
+//!     RetryBudget, RetryLayer,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_reissue::BoxError> {
+//! // The server: the first result under a key is stored and replayed.
+//! let app = Router::new()
+//!     .route("/emails", post(|| async { (StatusCode::ACCEPTED, "queued") }))
+//!     .layer(IdempotencyLayer::new(MemoryStore::new()).required_for([Method::POST]));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! // The client: keys on POST/PATCH, classified retries with a budget. The
+//! // hyper-util client sends `ReplayBody<B>`, which keeps a copy for retries.
+//! let client = ServiceBuilder::new()
+//!     .layer(IdempotencyKeyLayer::new())
+//!     .layer(
+//!         RetryLayer::new()
+//!             .max_attempts(5)
+//!             .budget(RetryBudget::new(0.2))
+//!             .deadline(Duration::from_secs(30)),
+//!     )
+//!     .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+//!
+//! let request = Request::post(format!("http://{addr}/emails"))
+//!     .body(Full::new(Bytes::from(r#"{"to":"ada@example.com"}"#)))?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::ACCEPTED);
+//! assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
+//! assert!(response.extensions().get::<IdempotencyKey>().is_some());
+//! # Ok(()) }
+//! ```
+//!
+//! Any tower service taking `http::Request<ReplayBody<B>>` can sit under the
+//! retry layer, a `service_fn` included:
+//!
 //! ```
 //! use std::convert::Infallible;
-//! use std::time::Duration;
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::Empty;
@@ -30,15 +82,10 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! // Any tower service taking `http::Request<ReplayBody<B>>` works: a
-//! // hyper-util `Client<_, ReplayBody<B>>`, an axum router, a service_fn.
 //! let upstream = tower::service_fn(|_req: Request<ReplayBody<Empty<Bytes>>>| async {
 //!     Ok::<_, Infallible>(Response::new(()))
 //! });
-//! let client = ServiceBuilder::new()
-//!     .layer(RetryLayer::new().max_attempts(5).deadline(Duration::from_secs(30)))
-//!     .service(upstream);
-//!
+//! let client = ServiceBuilder::new().layer(RetryLayer::new()).service(upstream);
 //! let response = client
 //!     .oneshot(Request::get("http://api.example/").body(Empty::new()).unwrap())
 //!     .await
