@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, ServiceExt};
-use tower_reissue::RetryLayer;
+use tower_reissue::{Attempts, RetryLayer};
 
 type Answer = Ready<Result<Response<Empty<Bytes>>, Infallible>>;
 
@@ -30,7 +30,8 @@ fn request() -> Request<Empty<Bytes>> {
 }
 
 /// The policy `tower::retry` needs to do what `RetryLayer` does by default:
-/// up to 3 attempts on 5xx, a 20% budget, requests cloned for replay.
+/// up to 3 attempts on 5xx, a 20% budget, requests cloned for replay, and
+/// the number of attempts reported in the response's extensions.
 #[derive(Clone)]
 struct TowerPolicy {
     attempts_left: usize,
@@ -50,15 +51,20 @@ impl tower::retry::Policy<Request<Empty<Bytes>>, Response<Empty<Bytes>>, Infalli
         match result {
             Ok(res) if res.status().is_server_error() => {
                 if self.attempts_left == 0 || !self.budget.withdraw() {
+                    res.extensions_mut()
+                        .insert(Attempts(3 - self.attempts_left as u32));
                     return None;
                 }
                 self.attempts_left -= 1;
                 Some(tokio::time::sleep(Duration::from_millis(100)))
             }
-            _ => {
+            Ok(res) => {
                 self.budget.deposit();
+                res.extensions_mut()
+                    .insert(Attempts(3 - self.attempts_left as u32));
                 None
             }
+            Err(never) => match *never {},
         }
     }
 

@@ -473,10 +473,11 @@ impl Bank {
     }
 
     fn epoch(&self) -> u32 {
-        let nanos = Instant::now()
-            .saturating_duration_since(self.start)
-            .as_nanos();
-        (nanos / u128::from(self.terms.slot_nanos)) as u32 & EPOCH_MASK
+        let elapsed = Instant::now().saturating_duration_since(self.start);
+        // u64 nanoseconds last 584 years; a u128 division would cost more
+        // than the rest of a deposit.
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        (nanos / self.terms.slot_nanos) as u32 & EPOCH_MASK
     }
 
     fn deposit(&self) {

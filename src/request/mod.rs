@@ -179,6 +179,10 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
     type Attempt = http::Request<ReplayBody<B>>;
     type Template = HttpTemplate<B>;
 
+    // Inlined so that the request and its template are built in place
+    // rather than copied out of a returned tuple (measured: fewer bytes
+    // moved per call).
+    #[inline(always)]
     fn into_attempt(self, replay_limit: usize) -> (Self::Attempt, Self::Template) {
         let (parts, body) = self.into_parts();
         let slot = key_slot_for(&parts.method, &parts.headers, Some(&parts.extensions));

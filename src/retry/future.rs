@@ -55,6 +55,7 @@ where
     S: Service<T::Attempt>,
     T: RequestTemplate,
 {
+    #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
         service: S,
