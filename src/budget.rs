@@ -502,25 +502,53 @@ impl Bank {
 
     fn withdraw(&self) -> bool {
         let cost = self.terms.withdraw;
-        let epoch = self.epoch();
-        let index = epoch as usize % SLOTS;
+        'period: loop {
+            let epoch = self.epoch();
+            let index = epoch as usize % SLOTS;
+            let slot = &self.slots[index];
+            // Within one slot period only the current slot changes, so
+            // checking the balance and taking the cost in one
+            // compare-and-swap on it makes the withdrawal exact: it never
+            // overdraws, and a racing withdrawal never makes it refuse while
+            // the balance still covers it.
+            let others = self
+                .sum(epoch, Some(index))
+                .saturating_add(self.terms.reserve);
+            let mut current = slot.load(Ordering::Acquire);
+            loop {
+                let value = live_value(current, epoch);
+                if others.saturating_add(value) < cost || value - cost < VALUE_MIN {
+                    return false;
+                }
+                let next = pack(epoch, value - cost);
+                match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) if self.epoch() == epoch => return true,
+                    Ok(_) => {
+                        // The period ended mid-withdrawal: a thread already in
+                        // the next one may have judged the balance without
+                        // this withdrawal. Give it back and decide again.
+                        self.refund(epoch, index, cost);
+                        continue 'period;
+                    }
+                    Err(actual) => current = actual,
+                }
+            }
+        }
+    }
+
+    /// Adds `amount` back to slot `index` if it still belongs to `epoch`.
+    fn refund(&self, epoch: u32, index: usize, amount: i64) {
         let slot = &self.slots[index];
-        // Within one slot period only the current slot changes, so checking
-        // the balance and taking the cost in one compare-and-swap on it makes
-        // the withdrawal exact: it never overdraws, and a racing withdrawal
-        // never makes it refuse while the balance still covers it.
-        let others = self
-            .sum(epoch, Some(index))
-            .saturating_add(self.terms.reserve);
         let mut current = slot.load(Ordering::Acquire);
         loop {
-            let value = live_value(current, epoch);
-            if others.saturating_add(value) < cost || value - cost < VALUE_MIN {
-                return false;
+            let (slot_epoch, value) = unpack(current);
+            if slot_epoch != epoch & EPOCH_MASK {
+                return;
             }
-            let next = pack(epoch, value - cost);
+            let next = pack(epoch, (value + amount).min(VALUE_MAX));
             match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }

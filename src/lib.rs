@@ -103,6 +103,7 @@ pub mod idempotency;
 pub mod idempotency_key;
 pub mod request;
 pub mod retry;
+mod time;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;

@@ -643,3 +643,77 @@ async fn proxies_an_incoming_body_with_replay() {
     assert_eq!(seen.len(), 2);
     assert!(seen.iter().all(|s| s.body == payload));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_after_does_not_overflow_the_clock() {
+    // The parser saturates a delay too long for u64 seconds; with the cap
+    // lifted, the layer must wait "forever" rather than panic.
+    let server = TestServer::start(|n, _| async move {
+        if n == 1 {
+            Reply::with_header(503, "retry-after", "99999999999999999999999")
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    let layer = RetryLayer::new().max_retry_after(Duration::MAX);
+    let response = send(&layer, Method::GET, &server.url("/"), "")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2);
+
+    // With a deadline as absurd, the wait cannot fit before it: the answer
+    // comes back at once.
+    let server = TestServer::start(|_, _| async {
+        Reply::with_header(503, "retry-after", "99999999999999999999999")
+    })
+    .await;
+    let (layer, gave_up) = give_up_log(
+        RetryLayer::new()
+            .max_retry_after(Duration::MAX)
+            .deadline(Duration::MAX),
+    );
+    let response = send(&layer, Method::GET, &server.url("/"), "")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(attempts(&response), 1);
+    assert_eq!(*gave_up.lock().unwrap(), vec![(1, GiveUpReason::Deadline)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_hands_its_body_back_for_the_retry() {
+    // The first attempt reads one chunk of the body and stalls; the
+    // per-attempt timeout ends it, and the retry must still have the body.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let service = tower::service_fn(move |req: Request<ReplayBody<Chunked>>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let mut body = req.into_body();
+            if n == 1 {
+                let _first_chunk = body.frame().await;
+                std::future::pending::<()>().await;
+            }
+            let bytes = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::new(bytes))
+        }
+    });
+    let payload: Bytes = (0..10 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let response = RetryLayer::new()
+        .attempt_timeout(Duration::from_secs(1))
+        .layer(service)
+        .oneshot(
+            Request::put("http://x/blob")
+                .body(streamed_body(&payload))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(response.into_body(), payload);
+}

@@ -133,9 +133,9 @@ where
                     .as_ref()
                     .map_or(SizeHint::with_exact(0), |b| b.size_hint());
                 let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + read_len);
+                hint.set_lower(rest.lower().saturating_add(read_len));
                 if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + read_len);
+                    hint.set_upper(upper.saturating_add(read_len));
                 }
                 hint
             }

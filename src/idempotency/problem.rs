@@ -127,7 +127,9 @@ impl Problem {
         );
         if let Some(delay) = self.retry_after() {
             // Retry-After takes whole seconds; round up so clients never come back early.
-            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            let secs = delay
+                .as_secs()
+                .saturating_add(u64::from(delay.subsec_nanos() > 0));
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));

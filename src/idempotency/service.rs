@@ -220,9 +220,7 @@ async fn claim<St: IdempotencyStore, B>(
     record: &RecordKey,
     fingerprint: &Fingerprint,
 ) -> Result<Option<FencingToken>, Response<ResponseBody<B>>> {
-    let give_up_at = config
-        .wait_for_result
-        .map(|timeout| Instant::now() + timeout);
+    let give_up_at = config.wait_for_result.map(crate::time::after);
     loop {
         match store.claim(record, fingerprint, config.lease).await {
             Ok(Claim::Acquired(token)) => return Ok(Some(token)),
@@ -253,8 +251,10 @@ async fn claim<St: IdempotencyStore, B>(
         }
         match give_up_at {
             Some(deadline) if Instant::now() < deadline => {
-                tokio::time::sleep_until(deadline.min(Instant::now() + config.wait_poll_interval))
-                    .await;
+                tokio::time::sleep_until(
+                    deadline.min(crate::time::after(config.wait_poll_interval)),
+                )
+                .await;
             }
             _ => {
                 return Err(Problem::InFlight {
@@ -434,7 +434,7 @@ impl<St: IdempotencyStore> HeldClaim<St> {
                         }
                     }
                     renewal.set(None);
-                    tick.as_mut().reset(Instant::now() + period);
+                    tick.as_mut().reset(crate::time::after(period));
                 }
                 if !lost {
                     ready!(tick.as_mut().poll(cx));

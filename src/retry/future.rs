@@ -8,8 +8,8 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::{
-    AttemptTimedOut, Attempts, DeadlineExceeded, GiveUpEvent, GiveUpReason, RetryEvent, RetryLayer,
-    safety,
+    AttemptTimedOut, Attempts, DeadlineExceeded, GiveUpEvent, GiveUpReason, NotReplayable,
+    RetryEvent, RetryLayer, safety,
 };
 use crate::BoxError;
 use crate::Verdict;
@@ -29,6 +29,12 @@ pin_project! {
         // the delay while waiting. Boxed and created on first use, so the
         // success path without timeouts neither allocates nor carries it.
         timer: Option<Pin<Box<Sleep>>>,
+        // The failed attempt's result, kept through the delay only when the
+        // body copy was still held below (a timed-out attempt's connection
+        // may hand it back late): if the copy never comes back, the caller
+        // gets this rather than an error of the layer's own.
+        last: Option<Result<S::Response, BoxError>>,
+        last_verdict: Verdict,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
@@ -70,6 +76,8 @@ where
         ResponseFuture {
             state: State::Calling { future },
             timer,
+            last: None,
+            last_verdict: Verdict::Success,
             service,
             template,
             config,
@@ -83,7 +91,7 @@ where
 /// When one attempt must end: the per-attempt timeout or the deadline,
 /// whichever comes first.
 fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
-    let by_timeout = timeout.map(|t| Instant::now() + t);
+    let by_timeout = timeout.map(crate::time::after);
     match (by_timeout, deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -125,6 +133,9 @@ where
                             Err(timed_out(*this.deadline))
                         }
                     };
+                    // Drop the finished attempt first: it may still hold the
+                    // body copy the next attempt needs.
+                    this.state.set(State::Ready);
                     this.template.attempt_done();
                     let request = this.template.view().with_attempt(*this.attempt);
                     let outcome = match &result {
@@ -144,8 +155,8 @@ where
                         *this.previous_delay,
                         *this.deadline,
                     );
-                    let delay = match decision {
-                        Ok(delay) => delay,
+                    let (delay, hold) = match decision {
+                        Ok(decided) => decided,
                         Err(reason) => {
                             if let Some(reason) = reason {
                                 give_up(this.config, request, *this.attempt, verdict, reason);
@@ -173,15 +184,24 @@ where
                             delay,
                         });
                     }
-                    // The failed response is dropped here: the caller only
-                    // ever sees the attempt that ends the request.
-                    drop(result);
+                    // The failed response is dropped here (the caller only
+                    // ever sees the attempt that ends the request), unless it
+                    // may still be needed as the answer.
+                    if hold {
+                        if let Ok(response) = &mut result {
+                            response.extensions_mut().insert(Attempts(*this.attempt));
+                        }
+                        *this.last = Some(result);
+                    } else {
+                        drop(result);
+                    }
+                    *this.last_verdict = verdict;
                     *this.attempt += 1;
                     *this.previous_delay = delay;
                     if delay.is_zero() {
                         this.state.set(State::Ready);
                     } else {
-                        set_timer(this.timer, Instant::now() + delay);
+                        set_timer(this.timer, crate::time::after(delay));
                         this.state.set(State::Waiting);
                     }
                 }
@@ -192,10 +212,22 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
-                    // Checked before the delay; fails only if a body copy was
-                    // taken back in the meantime, and then the caller is told.
-                    let request = this.template.replay()?;
+                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(this.last.take().unwrap_or_else(|| Err(error.into())));
+                    }
+                    let request = match this.template.replay() {
+                        Ok(request) => request,
+                        Err(why) => {
+                            let attempts = *this.attempt - 1;
+                            let request = this.template.view().with_attempt(attempts);
+                            let reason = GiveUpReason::NotReplayable(why);
+                            give_up(this.config, request, attempts, *this.last_verdict, reason);
+                            return Poll::Ready(
+                                this.last.take().unwrap_or_else(|| Err(why.into())),
+                            );
+                        }
+                    };
+                    *this.last = None;
                     let future = this.template.send(this.service, request);
                     match attempt_ends(this.config.attempt_timeout, *this.deadline) {
                         Some(at) => set_timer(this.timer, at),
@@ -217,8 +249,10 @@ fn timed_out(deadline: Option<Instant>) -> BoxError {
     }
 }
 
-/// `Ok(delay)` to retry after `delay`; `Err(None)` on success;
-/// `Err(Some(reason))` to hand a failure to the caller.
+/// `Ok((delay, hold))` to retry after `delay` (`hold`: the body copy is
+/// still in use below, so keep the failed result until the copy is back);
+/// `Err(None)` on success; `Err(Some(reason))` to hand a failure to the
+/// caller.
 fn decide<C, T: RequestTemplate>(
     config: &RetryLayer<C>,
     template: &T,
@@ -227,7 +261,7 @@ fn decide<C, T: RequestTemplate>(
     attempt: u32,
     previous_delay: Duration,
     deadline: Option<Instant>,
-) -> Result<Duration, Option<GiveUpReason>> {
+) -> Result<(Duration, bool), Option<GiveUpReason>> {
     let (processed, retry_after) = match verdict {
         Verdict::Success => return Err(None),
         Verdict::Permanent => return Err(Some(GiveUpReason::Permanent)),
@@ -240,18 +274,22 @@ fn decide<C, T: RequestTemplate>(
     if attempt >= config.max_attempts {
         return Err(Some(GiveUpReason::MaxAttempts));
     }
-    template
-        .check_replayable()
-        .map_err(|why| Some(GiveUpReason::NotReplayable(why)))?;
+    let hold = match template.check_replayable() {
+        Ok(()) => false,
+        // A connection may hand the copy back after the attempt's future is
+        // gone; the next attempt checks again.
+        Err(NotReplayable::InUse) => true,
+        Err(why) => return Err(Some(GiveUpReason::NotReplayable(why))),
+    };
     let delay = match retry_after {
         Some(asked) if asked > config.max_retry_after => {
             return Err(Some(GiveUpReason::RetryAfterTooLong));
         }
-        Some(asked) => asked + retry_after_jitter(asked),
+        Some(asked) => asked.saturating_add(retry_after_jitter(asked)),
         None => config.backoff.delay(attempt, previous_delay),
     };
     if let Some(deadline) = deadline {
-        if Instant::now() + delay >= deadline {
+        if crate::time::after(delay) >= deadline {
             return Err(Some(GiveUpReason::Deadline));
         }
     }
@@ -260,7 +298,7 @@ fn decide<C, T: RequestTemplate>(
             return Err(Some(GiveUpReason::BudgetExhausted));
         }
     }
-    Ok(delay)
+    Ok((delay, hold))
 }
 
 /// Up to a tenth of the server's delay, at most one second: enough to spread

@@ -1,7 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{ResponseFuture, RetryLayer};
@@ -101,7 +100,7 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let config = &*self.config;
-        let deadline = config.deadline.map(|d| Instant::now() + d);
+        let deadline = config.deadline.map(crate::time::after);
         let (attempt, template) = request.into_attempt(config.replay_limit);
         let future = template.send(&mut service, attempt);
         // Deposited once the attempt is on its way: no withdrawal can come

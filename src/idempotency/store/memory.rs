@@ -194,7 +194,9 @@ impl State {
         let token = FencingToken::new(self.next_token);
         self.next_token += 1;
         let seq = self.next_seq();
-        let expires_at = now + lease;
+        let expires_at = now
+            .checked_add(lease)
+            .unwrap_or_else(|| crate::time::after(lease));
         self.by_expiry.insert((expires_at, seq), key.clone());
         self.records.insert(
             key.clone(),
@@ -257,7 +259,7 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.held(key, token)?;
-        state.set_expiry(key, Instant::now() + ttl, Some(outcome));
+        state.set_expiry(key, crate::time::after(ttl), Some(outcome));
         Ok(())
     }
 
@@ -269,7 +271,7 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.held(key, token)?;
-        state.set_expiry(key, Instant::now() + lease, None);
+        state.set_expiry(key, crate::time::after(lease), None);
         Ok(())
     }
 

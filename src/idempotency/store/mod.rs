@@ -438,7 +438,9 @@ impl Outcome {
                         HeaderName::from_bytes(name).map_err(|_| corrupt("invalid header name"))?;
                     let value = HeaderValue::from_bytes(value)
                         .map_err(|_| corrupt("invalid header value"))?;
-                    headers.append(name, value);
+                    headers
+                        .try_append(name, value)
+                        .map_err(|_| corrupt("too many headers"))?;
                 }
                 Ok(Outcome::Response(StoredResponse {
                     status,
