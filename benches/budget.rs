@@ -1,6 +1,8 @@
 //! RetryBudget against tower's `TpsBudget`, same run: one deposit plus one
 //! withdrawal, on one thread and on two threads sharing the budget.
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Uri;
 use std::hint::black_box;
@@ -75,10 +77,7 @@ fn deposit_withdraw(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
+    config = common::config().sample_size(30);
     targets = deposit_withdraw
 }
 criterion_main!(benches);

@@ -4,9 +4,10 @@
 //! The Router is called in process with `tower::ServiceExt::oneshot`, so the
 //! figures are the layer's own cost without socket noise.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -78,10 +79,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = bench
 }
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 //! Per-request cost of IdempotencyKeyLayer against the bare service, and of
 //! the key slot the retry layer gives POSTs, in one run.
 
+mod common;
+
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
@@ -8,7 +10,6 @@ use http_body_util::Empty;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::time::Duration;
 use tower::{Layer, ServiceExt};
 use tower_reissue::{IdempotencyKeyLayer, RetryLayer};
 
@@ -90,10 +91,7 @@ fn key_layer(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = key_layer
 }
 criterion_main!(benches);

@@ -7,6 +7,8 @@
 //! keep-alive connections to the same apps served on 127.0.0.1 (what a
 //! client sees).
 
+mod common;
+
 #[path = "../tests/redis_server/mod.rs"]
 mod redis_server;
 
@@ -145,10 +147,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = bench
 }
 criterion_main!(benches);

@@ -2,6 +2,8 @@
 //! answers at once, against the bare service and `tower::retry::Retry` with an
 //! equivalent policy (attempt limit, budget, request cloning), in one run.
 
+mod common;
+
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
@@ -126,10 +128,7 @@ fn success_path(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
+    config = common::config();
     targets = success_path
 }
 criterion_main!(benches);

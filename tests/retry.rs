@@ -234,23 +234,37 @@ async fn keyed_post_is_retried_on_409_and_unkeyed_is_not() {
     assert_eq!(keyed_seen.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_after_seconds_is_honoured() {
-    let server = TestServer::start(|n, _| async move {
+/// Answers the first request with `status` and the delay header `name`
+/// (its value made when the answer is sent), the second with 200; returns
+/// the time between the two attempts as the server saw them.
+async fn gap_before_retry(
+    method: Method,
+    status: u16,
+    name: &'static str,
+    value: fn() -> String,
+) -> Duration {
+    let server = TestServer::start(move |n, _| async move {
         if n == 1 {
-            Reply::with_header(503, "retry-after", "3")
+            Reply::with_header(status, name, &value())
         } else {
             Reply::status(200)
         }
     })
     .await;
-    let response = send(&RetryLayer::new(), Method::GET, &server.url("/"), "")
+    let response = send(&RetryLayer::new(), method, &server.url("/"), "x")
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(attempts(&response), 2);
     let seen = server.seen();
-    let gap = seen[1].at - seen[0].at;
-    // Retry-After plus at most a tenth of it in jitter.
+    seen[1].at - seen[0].at
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_is_honoured() {
+    let gap = gap_before_retry(Method::GET, 503, "retry-after", || "3".into()).await;
+    // Retry-After plus at most a tenth of it in jitter (and the timer's
+    // millisecond tick).
     assert!(
         gap >= Duration::from_secs(3) && gap <= Duration::from_millis(3301),
         "{gap:?}"
@@ -259,21 +273,10 @@ async fn retry_after_seconds_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_http_date_is_honoured() {
-    let server = TestServer::start(|n, _| async move {
-        if n == 1 {
-            let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(5));
-            Reply::with_header(503, "retry-after", &at)
-        } else {
-            Reply::status(200)
-        }
+    let gap = gap_before_retry(Method::GET, 503, "retry-after", || {
+        httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(5))
     })
     .await;
-    let response = send(&RetryLayer::new(), Method::GET, &server.url("/"), "")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let seen = server.seen();
-    let gap = seen[1].at - seen[0].at;
     // An HTTP-date has one-second resolution: 4 to 5 s, plus up to 10%.
     assert!(
         gap > Duration::from_secs(4) && gap <= Duration::from_millis(5500),
@@ -283,20 +286,8 @@ async fn retry_after_http_date_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_ms_is_honoured() {
-    let server = TestServer::start(|n, _| async move {
-        if n == 1 {
-            Reply::with_header(429, "retry-after-ms", "1500")
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
-    let response = send(&RetryLayer::new(), Method::POST, &server.url("/"), "x")
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let seen = server.seen();
-    let gap = seen[1].at - seen[0].at;
+    // A POST: 429 means the server did not act, so it is retried too.
+    let gap = gap_before_retry(Method::POST, 429, "retry-after-ms", || "1500".into()).await;
     assert!(
         gap >= Duration::from_millis(1500) && gap <= Duration::from_millis(1651),
         "{gap:?}"
