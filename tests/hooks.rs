@@ -153,8 +153,7 @@ async fn max_attempts_numbers_every_retry_then_gives_up() {
 
 #[tokio::test(start_paused = true)]
 async fn success_calls_no_give_up_hook() {
-    let server =
-        TestServer::start(|n, _| async move { Reply::status(if n < 3 { 502 } else { 200 }) }).await;
+    let server = TestServer::fails_first(2, || Reply::status(502)).await;
     let log = Log::default();
     let response = send(
         log.attach(RetryLayer::new().backoff(fixed(1))),
@@ -242,14 +241,7 @@ async fn a_deadline_too_close_for_the_server_delay_gives_up() {
 
 #[tokio::test(start_paused = true)]
 async fn a_server_delay_is_reported_with_its_jitter() {
-    let server = TestServer::start(|n, _| async move {
-        if n == 1 {
-            Reply::with_header(503, "retry-after", "2")
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let server = TestServer::fails_first(1, || Reply::with_header(503, "retry-after", "2")).await;
     let log = Log::default();
     send(
         log.attach(RetryLayer::new()),

@@ -150,14 +150,7 @@ async fn get_is_retried_on_transient_statuses_up_to_max_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn get_recovers_after_transient_failures() {
-    let server = TestServer::start(|n, _| async move {
-        if n < 3 {
-            Reply::status(503)
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let server = TestServer::fails_first(2, || Reply::status(503)).await;
     let response = send(&RetryLayer::new(), Method::GET, &server.url("/"), "")
         .await
         .unwrap();
@@ -316,14 +309,8 @@ async fn retry_after_beyond_the_cap_returns_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_retry_after_falls_back_to_the_backoff() {
-    let server = TestServer::start(|n, _| async move {
-        if n == 1 {
-            Reply::with_header(503, "retry-after", "in a while")
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let server =
+        TestServer::fails_first(1, || Reply::with_header(503, "retry-after", "in a while")).await;
     let layer = RetryLayer::new().backoff(Backoff::fixed(Duration::from_millis(250)));
     let response = send(&layer, Method::GET, &server.url("/"), "")
         .await
@@ -348,14 +335,8 @@ async fn pushback_header_overrides_the_status() {
         .unwrap();
     assert_eq!(attempts(&response), 1);
 
-    let server = TestServer::start(|n, _| async move {
-        if n == 1 {
-            Reply::with_header(400, "stripe-should-retry", "true")
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let server =
+        TestServer::fails_first(1, || Reply::with_header(400, "stripe-should-retry", "true")).await;
     let response = send(&RetryLayer::new(), Method::GET, &server.url("/"), "")
         .await
         .unwrap();
@@ -509,14 +490,7 @@ async fn streamed_body_is_replayed_byte_identical() {
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let server = TestServer::start(|n, _| async move {
-        if n <= 2 {
-            Reply::status(503)
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let server = TestServer::fails_first(2, || Reply::status(503)).await;
     let client = common::client::<ReplayBody<Chunked>>();
     let request = Request::post(server.url("/upload"))
         .header("idempotency-key", "upload-1")
@@ -590,14 +564,7 @@ async fn works_around_a_plain_service_fn() {
 async fn proxies_an_incoming_body_with_replay() {
     // upstream fails the first attempt; the proxy forwards the client's
     // streaming body through the retry layer and replays it.
-    let upstream = TestServer::start(|n, _| async move {
-        if n == 1 {
-            Reply::status(503)
-        } else {
-            Reply::status(200)
-        }
-    })
-    .await;
+    let upstream = TestServer::fails_first(1, || Reply::status(503)).await;
     let upstream_url = upstream.url("/sink");
     let proxy = {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -639,12 +606,8 @@ async fn proxies_an_incoming_body_with_replay() {
 async fn an_absurd_retry_after_does_not_overflow_the_clock() {
     // The parser saturates a delay too long for u64 seconds; with the cap
     // lifted, the layer must wait "forever" rather than panic.
-    let server = TestServer::start(|n, _| async move {
-        if n == 1 {
-            Reply::with_header(503, "retry-after", "99999999999999999999999")
-        } else {
-            Reply::status(200)
-        }
+    let server = TestServer::fails_first(1, || {
+        Reply::with_header(503, "retry-after", "99999999999999999999999")
     })
     .await;
     let layer = RetryLayer::new().max_retry_after(Duration::MAX);

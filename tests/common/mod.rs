@@ -140,6 +140,18 @@ impl TestServer {
         }
     }
 
+    /// A server whose first `times` answers are `failure()`, then 200s.
+    pub async fn fails_first(times: usize, failure: fn() -> Reply) -> TestServer {
+        TestServer::start(move |n, _| async move {
+            if n <= times {
+                failure()
+            } else {
+                Reply::status(200)
+            }
+        })
+        .await
+    }
+
     /// A server answering every request with `status`.
     pub async fn always(status: u16) -> TestServer {
         TestServer::start(move |_, _| async move { Reply::status(status) }).await
