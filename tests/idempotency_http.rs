@@ -23,10 +23,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_reissue::idempotency::StoreDecision;
 use tower_reissue::idempotency::store::{
     Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
 };
+use tower_reissue::idempotency::{Principal, StoreDecision};
 use tower_reissue::{IdempotencyLayer, MemoryStore};
 
 // ---------- harness ----------
@@ -585,41 +585,74 @@ async fn a_long_running_handler_keeps_its_claim_by_renewing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_vanished_holders_claim_is_taken_after_the_lease() {
-    // A request timeout outside the layer drops the request future mid-flight,
-    // as a server shutting down or a crash would: nothing renews the claim.
+    // Another instance claimed the key and crashed before finishing: nothing
+    // renews its claim, so it blocks duplicates only until its lease ends.
     let effects = Effects::default();
     let lease = Duration::from_secs(60);
-    let router = app(
-        &effects,
-        IdempotencyLayer::new(MemoryStore::new()).lease(lease),
-    )
-    .layer(axum::middleware::from_fn(
-        |request, next: axum::middleware::Next| async move {
-            match tokio::time::timeout(Duration::from_secs(5), next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => StatusCode::GATEWAY_TIMEOUT.into_response(),
-            }
-        },
-    ));
-    let http = Http::new(router).await;
+    let store = MemoryStore::new();
+    let record = RecordKey::new(Principal::anonymous().as_str(), "vanish");
+    let fingerprint = Fingerprint::of_request(
+        &Method::POST,
+        &http::Uri::from_static("/orders"),
+        b"payload",
+    );
+    let claim = store.claim(&record, &fingerprint, lease).await.unwrap();
+    assert!(matches!(claim, Claim::Acquired(_)), "{claim:?}");
+    let http = Http::new(app(&effects, IdempotencyLayer::new(store).lease(lease))).await;
 
-    let first = http.post("/gated", "vanish").await;
-    assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
-    let during_lease = http.post("/gated", "vanish").await;
+    let during_lease = http.post("/orders", "vanish").await;
     assert_eq!(
         during_lease.status,
         StatusCode::CONFLICT,
         "the claim outlives its holder until the lease ends"
     );
+    assert_eq!(effects.count(), 0);
 
     tokio::time::sleep(lease).await;
-    effects.gate.notify_one(); // let the new execution finish
-    let after_lease = http.post("/gated", "vanish").await;
+    let after_lease = http.post("/orders", "vanish").await;
     assert_eq!(
         (after_lease.status, after_lease.text()),
-        (StatusCode::CREATED, "created #2")
+        (StatusCode::CREATED, "created #1")
     );
-    assert_eq!(effects.count(), 2);
+    assert_eq!(effects.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_cancelled_mid_handler_still_stores_its_result() {
+    // A timeout above the layer drops the request future while the handler
+    // runs (as a client that disconnects does). The handler must still finish
+    // and its result be stored: a retry gets that result, never a second run.
+    let effects = Effects::default();
+    let router = app(&effects, IdempotencyLayer::new(MemoryStore::new())).layer(
+        axum::middleware::from_fn(|request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(Duration::from_secs(5), next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+            }
+        }),
+    );
+    let http = Http::new(router).await;
+
+    let first = http.post("/gated", "cancelled").await;
+    assert_eq!(first.status, StatusCode::GATEWAY_TIMEOUT);
+    effects.gate.notify_one();
+
+    // The handler finishes on its own task; until it has stored its result,
+    // duplicates are told it is in flight.
+    let mut retry = http.post("/gated", "cancelled").await;
+    for _ in 0..10 {
+        if retry.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        retry = http.post("/gated", "cancelled").await;
+    }
+    assert_eq!(
+        (retry.status, retry.text()),
+        (StatusCode::CREATED, "created #1")
+    );
+    assert!(retry.replayed());
+    assert_eq!(effects.count(), 1);
 }
 
 // ---------- 7. ttl and store bound ----------

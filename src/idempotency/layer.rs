@@ -120,9 +120,10 @@ impl<St, P> IdempotencyLayer<St, P> {
     /// How long a claim holds without renewal (default 60 s, at least 1 ms).
     ///
     /// The layer renews the claim every third of this while the handler runs,
-    /// so only a request whose server vanished (crash, partition, a dropped
-    /// future) loses its claim, and the key can run again once the lease has
-    /// passed.
+    /// so only a request whose server vanished (crash, partition) loses its
+    /// claim, and the key can run again once the lease has passed. A request
+    /// whose future is dropped (the client disconnected) keeps running on its
+    /// own task until its result is stored.
     ///
     /// ```
     /// # use std::time::Duration;

@@ -130,14 +130,42 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
         let record = RecordKey::new(self.principal.principal(&parts).into_string(), key);
-        ResponseFuture::keyed(Box::pin(run_keyed(
+        ResponseFuture::keyed(Box::pin(detached(run_keyed(
             inner,
             self.store.clone(),
             self.config.clone(),
             record,
             parts,
             body,
-        )))
+        ))))
+    }
+}
+
+/// Runs a claimed request to its end whatever happens to the caller.
+///
+/// Once a key is claimed, the handler's result must be stored (or the claim
+/// released), even when the request's future is dropped mid-handler because
+/// the client disconnected or a timeout above fired: otherwise the claim
+/// would sit until its lease ends and a later retry would run the handler a
+/// second time. So the work runs as its own task; a panic in it resumes in
+/// the caller, as if it had run inline. Outside a tokio runtime it runs
+/// inline.
+async fn detached<T, F>(work: F) -> T
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return work.await;
+    };
+    match runtime.spawn(work).await {
+        Ok(output) => output,
+        Err(error) => match error.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            // Cancelled only when the runtime shuts down, and then this
+            // future is dropped too: there is nobody left to answer.
+            Err(_) => std::future::pending().await,
+        },
     }
 }
 
@@ -467,8 +495,9 @@ impl<St: IdempotencyStore> HeldClaim<St> {
 impl<St: IdempotencyStore> Drop for HeldClaim<St> {
     fn drop(&mut self) {
         // A handler that panicked did not finish: release so a retry runs.
-        // Any other drop (the client went away, the server shut down) leaves
-        // the claim to expire with its lease, as after a crash.
+        // The claimed work runs detached from the caller, so any other drop
+        // means the runtime is shutting down: the claim expires with its
+        // lease, as after a crash.
         if self.settled || !std::thread::panicking() {
             return;
         }
