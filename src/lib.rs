@@ -103,6 +103,7 @@ pub mod idempotency;
 pub mod idempotency_key;
 pub mod request;
 pub mod retry;
+pub mod telemetry;
 mod time;
 
 pub use backoff::Backoff;

@@ -71,6 +71,33 @@ async fn reqwest_client() {
     run("reqwest_client", &[]).await;
 }
 
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn observability() {
+    let out = run("observability", &[]).await;
+    // One client span per attempt, the resends counted.
+    assert!(out.contains("http.request.resend_count=2"), "{out}");
+    assert!(out.contains("error.type=503"), "{out}");
+    assert!(out.contains("error.type=connect"), "{out}");
+    assert!(out.contains("idempotency.outcome=replayed"), "{out}");
+    assert!(
+        out.contains(r#"tower_reissue_retries_total{reason="503"} 2"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"tower_reissue_retries_total{reason="connect"} 2"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"tower_reissue_server_requests_total{outcome="executed"} 3"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"tower_reissue_server_requests_total{outcome="replayed"} 1"#),
+        "{out}"
+    );
+}
+
 /// The demo, shortened: its table must show the story.
 #[tokio::test]
 async fn outage() {

@@ -40,12 +40,79 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Verdict {
 }
 
 fn recognise(err: &(dyn StdError + 'static)) -> Option<Processed> {
-    if err.is::<AttemptTimedOut>() || err.is::<DeadlineExceeded>() {
-        return Some(Processed::Maybe);
+    cause(err).map(Cause::processed)
+}
+
+/// The name of the first cause [`classify_error`] recognises in `error`'s
+/// chain, as telemetry reports it (`error.type`); `_OTHER` when none is
+/// recognised, as OpenTelemetry names a failure outside its known set.
+pub(crate) fn error_type(error: &(dyn StdError + 'static)) -> &'static str {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if let Some(cause) = cause(err) {
+            return cause.as_str();
+        }
+        next = err.source();
+    }
+    "_OTHER"
+}
+
+/// A transport failure the classifier recognises: a closed set, so that
+/// telemetry labels stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Connect,
+    Canceled,
+    RefusedStream,
+    GracefulGoaway,
+    Timeout,
+    DeadlineExceeded,
+    ConnectionClosed,
+    ConnectionReset,
+    Goaway,
+    StreamReset,
+}
+
+impl Cause {
+    fn processed(self) -> Processed {
+        match self {
+            Cause::Connect | Cause::Canceled | Cause::RefusedStream | Cause::GracefulGoaway => {
+                Processed::No
+            }
+            Cause::Timeout
+            | Cause::DeadlineExceeded
+            | Cause::ConnectionClosed
+            | Cause::ConnectionReset
+            | Cause::Goaway
+            | Cause::StreamReset => Processed::Maybe,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::Connect => "connect",
+            Cause::Canceled => "canceled",
+            Cause::RefusedStream => "refused_stream",
+            Cause::GracefulGoaway | Cause::Goaway => "goaway",
+            Cause::Timeout => "timeout",
+            Cause::DeadlineExceeded => "deadline_exceeded",
+            Cause::ConnectionClosed => "connection_closed",
+            Cause::ConnectionReset => "connection_reset",
+            Cause::StreamReset => "stream_reset",
+        }
+    }
+}
+
+fn cause(err: &(dyn StdError + 'static)) -> Option<Cause> {
+    if err.is::<AttemptTimedOut>() {
+        return Some(Cause::Timeout);
+    }
+    if err.is::<DeadlineExceeded>() {
+        return Some(Cause::DeadlineExceeded);
     }
     if let Some(e) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
         if e.is_connect() {
-            return Some(Processed::No);
+            return Some(Cause::Connect);
         }
         // A send error: its source says more.
         return None;
@@ -53,30 +120,37 @@ fn recognise(err: &(dyn StdError + 'static)) -> Option<Processed> {
     if let Some(e) = err.downcast_ref::<hyper::Error>() {
         if e.is_canceled() {
             // hyper's dispatcher dropped the request before writing it.
-            return Some(Processed::No);
+            return Some(Cause::Canceled);
         }
-        if e.is_timeout() || e.is_incomplete_message() || e.is_closed() {
-            return Some(Processed::Maybe);
+        if e.is_timeout() {
+            return Some(Cause::Timeout);
+        }
+        if e.is_incomplete_message() || e.is_closed() {
+            return Some(Cause::ConnectionClosed);
         }
         return None;
     }
     if let Some(e) = err.downcast_ref::<h2::Error>() {
         return match e.reason() {
-            Some(h2::Reason::REFUSED_STREAM) => Some(Processed::No),
+            Some(h2::Reason::REFUSED_STREAM) => Some(Cause::RefusedStream),
             // A graceful GOAWAY only fails the streams the server never
             // started; any other GOAWAY may have cut a processed stream.
-            Some(h2::Reason::NO_ERROR) if e.is_go_away() && e.is_remote() => Some(Processed::No),
-            _ if e.is_go_away() || e.is_reset() || e.is_io() => Some(Processed::Maybe),
+            Some(h2::Reason::NO_ERROR) if e.is_go_away() && e.is_remote() => {
+                Some(Cause::GracefulGoaway)
+            }
+            _ if e.is_go_away() => Some(Cause::Goaway),
+            _ if e.is_reset() => Some(Cause::StreamReset),
+            _ if e.is_io() => Some(Cause::ConnectionReset),
             _ => None,
         };
     }
     #[cfg(feature = "reqwest")]
     if let Some(e) = err.downcast_ref::<reqwest::Error>() {
         if e.is_connect() {
-            return Some(Processed::No);
+            return Some(Cause::Connect);
         }
         if e.is_timeout() {
-            return Some(Processed::Maybe);
+            return Some(Cause::Timeout);
         }
         return None;
     }
@@ -85,12 +159,12 @@ fn recognise(err: &(dyn StdError + 'static)) -> Option<Processed> {
             io::ErrorKind::ConnectionRefused
             | io::ErrorKind::AddrNotAvailable
             | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable => Some(Processed::No),
-            io::ErrorKind::TimedOut
-            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::NetworkUnreachable => Some(Cause::Connect),
+            io::ErrorKind::TimedOut => Some(Cause::Timeout),
+            io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof => Some(Processed::Maybe),
+            | io::ErrorKind::BrokenPipe => Some(Cause::ConnectionReset),
+            io::ErrorKind::UnexpectedEof => Some(Cause::ConnectionClosed),
             _ => None,
         };
     }

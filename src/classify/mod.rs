@@ -35,6 +35,7 @@ mod retry_after;
 
 pub use default::{DefaultClassifier, DelayUnit};
 pub use errors::classify_error;
+pub(crate) use errors::error_type;
 pub use retry_after::{parse_retry_after, parse_retry_after_ms};
 
 use http::{Extensions, HeaderMap, Method, StatusCode, Uri};

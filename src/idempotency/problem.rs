@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::body::ResponseBody;
 use super::key::KeyError;
+use crate::telemetry::ServerOutcome;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
@@ -36,6 +37,19 @@ impl Problem {
             Problem::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::ResponseNotStored { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn outcome(&self) -> ServerOutcome {
+        match self {
+            Problem::KeyMissing => ServerOutcome::MissingKey,
+            Problem::KeyInvalid(_) => ServerOutcome::InvalidKey,
+            Problem::RequestTooLarge { .. } => ServerOutcome::RequestTooLarge,
+            Problem::RequestUnreadable => ServerOutcome::RequestUnreadable,
+            Problem::InFlight { .. } => ServerOutcome::Conflict,
+            Problem::KeyReused => ServerOutcome::Mismatch,
+            Problem::ResponseNotStored { .. } => ServerOutcome::NotStored,
+            Problem::StoreUnavailable { .. } => ServerOutcome::StoreUnavailable,
         }
     }
 
@@ -110,6 +124,7 @@ impl Problem {
     /// The problem as a complete response.
     pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
         let status = self.status();
+        crate::telemetry::server_answered(self.outcome(), Some(status));
         let mut body = serde_json::json!({
             "type": format!("{TYPE_BASE}{}", self.slug()),
             "title": self.title(),

@@ -13,6 +13,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use tokio::time::Instant;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
@@ -25,6 +26,7 @@ use super::store::{
     Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
     StoredResponse,
 };
+use crate::telemetry::{self, ServerOutcome};
 
 /// The response header marking a replayed result.
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -115,14 +117,22 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let key = match key::parse(request.headers()) {
-            Ok(Some(key)) => key,
-            Ok(None) if self.config.required_for.contains(request.method()) => {
-                return ResponseFuture::immediate(Problem::KeyMissing.into_response());
-            }
-            Ok(None) => {
+            Ok(None) if !self.config.required_for.contains(request.method()) => {
                 return ResponseFuture::passthrough(self.inner.call(request.map(Either::Right)));
             }
-            Err(err) => return ResponseFuture::immediate(Problem::KeyInvalid(err).into_response()),
+            parsed => parsed,
+        };
+        let span = telemetry::server_span(request.method());
+        let key = match key {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                let _request = span.enter();
+                return ResponseFuture::immediate(Problem::KeyMissing.into_response());
+            }
+            Err(err) => {
+                let _request = span.enter();
+                return ResponseFuture::immediate(Problem::KeyInvalid(err).into_response());
+            }
         };
         // `poll_ready` readied `self.inner`; the request runs later, so take
         // that instance and leave a fresh clone for the next call.
@@ -130,14 +140,17 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
         let record = RecordKey::new(self.principal.principal(&parts).into_string(), key);
-        ResponseFuture::keyed(Box::pin(detached(run_keyed(
-            inner,
-            self.store.clone(),
-            self.config.clone(),
-            record,
-            parts,
-            body,
-        ))))
+        ResponseFuture::keyed(Box::pin(detached(
+            run_keyed(
+                inner,
+                self.store.clone(),
+                self.config.clone(),
+                record,
+                parts,
+                body,
+            )
+            .instrument(span),
+        )))
     }
 }
 
@@ -197,7 +210,10 @@ where
     let request = Request::from_parts(parts, Either::Left(Full::new(body)));
     let Some(token) = token else {
         // Failing open: the store could not be asked, run unprotected.
-        return Ok(inner.call(request).await?.map(ResponseBody::inner));
+        let response = inner.call(request).await;
+        let status = response.as_ref().ok().map(Response::status);
+        telemetry::server_answered(ServerOutcome::ExecutedUnprotected, status);
+        return Ok(response?.map(ResponseBody::inner));
     };
     let held = HeldClaim {
         store,
@@ -297,6 +313,7 @@ async fn claim<St: IdempotencyStore, B>(
 fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
     match outcome {
         Outcome::Response(stored) => {
+            telemetry::server_answered(ServerOutcome::Replayed, Some(stored.status));
             let mut response = Response::new(ResponseBody::full(stored.body));
             *response.status_mut() = stored.status;
             *response.headers_mut() = stored.headers;
@@ -325,7 +342,10 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let response = inner.call(request).await?;
+    let response = inner.call(request).await;
+    let status = response.as_ref().ok().map(Response::status);
+    telemetry::server_answered(ServerOutcome::Executed, status);
+    let response = response?;
     let keep = match response.extensions().get::<StoreDecision>() {
         Some(StoreDecision::Store) => true,
         Some(StoreDecision::Release) => false,

@@ -15,6 +15,7 @@ use crate::BoxError;
 use crate::Verdict;
 use crate::classify::{Classifier, Outcome, RequestView};
 use crate::request::{RequestTemplate, RetryResponse};
+use crate::telemetry;
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
@@ -25,6 +26,8 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
+        // The current attempt's span: entered while its future is polled.
+        span: tracing::Span,
         // One timer, reset between uses: the attempt's timeout while calling,
         // the delay while waiting. Boxed and created on first use, so the
         // success path without timeouts neither allocates nor carries it.
@@ -64,6 +67,7 @@ where
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
+        span: tracing::Span,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
@@ -75,6 +79,7 @@ where
         }
         ResponseFuture {
             state: State::Calling { future },
+            span,
             timer,
             last: None,
             last_verdict: Verdict::Success,
@@ -120,7 +125,11 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let mut result = match future.poll(cx) {
+                    let polled = {
+                        let _attempt = this.span.enter();
+                        future.poll(cx)
+                    };
+                    let mut result = match polled {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
                             let expired = this
@@ -146,6 +155,11 @@ where
                         Err(error) => Outcome::Error(&**error),
                     };
                     let verdict = this.config.classifier.classify(&request, &outcome);
+                    // The decision's events belong to this attempt's span,
+                    // which ends with it (unless its result must be held).
+                    let span = std::mem::replace(this.span, tracing::Span::none());
+                    let entered = span.enter();
+                    let error_type = telemetry::attempt_ended(&span, &request, &outcome, verdict);
                     let decision = decide(
                         this.config,
                         this.template,
@@ -158,8 +172,11 @@ where
                     let (delay, hold) = match decision {
                         Ok(decided) => decided,
                         Err(reason) => {
-                            if let Some(reason) = reason {
-                                give_up(this.config, request, *this.attempt, verdict, reason);
+                            match reason {
+                                Some(reason) => {
+                                    give_up(this.config, request, *this.attempt, verdict, reason)
+                                }
+                                None => telemetry::succeeded(*this.attempt),
                             }
                             if let Ok(response) = &mut result {
                                 response.extensions_mut().insert(Attempts(*this.attempt));
@@ -176,6 +193,7 @@ where
                         delay_ms = delay.as_millis() as u64,
                         "retrying"
                     );
+                    telemetry::retrying(error_type.as_ref(), delay);
                     if let Some(hook) = &this.config.on_retry {
                         hook(&RetryEvent {
                             request,
@@ -194,6 +212,12 @@ where
                         *this.last = Some(result);
                     } else {
                         drop(result);
+                    }
+                    drop(entered);
+                    if hold {
+                        // A give-up when the copy never comes back follows
+                        // this attempt too.
+                        *this.span = span;
                     }
                     *this.last_verdict = verdict;
                     *this.attempt += 1;
@@ -221,6 +245,7 @@ where
                             let attempts = *this.attempt - 1;
                             let request = this.template.view().with_attempt(attempts);
                             let reason = GiveUpReason::NotReplayable(why);
+                            let _attempt = this.span.enter();
                             give_up(this.config, request, attempts, *this.last_verdict, reason);
                             return Poll::Ready(
                                 this.last.take().unwrap_or_else(|| Err(why.into())),
@@ -228,7 +253,10 @@ where
                         }
                     };
                     *this.last = None;
-                    let future = this.template.send(this.service, request);
+                    *this.span = telemetry::attempt_span(&this.template.view(), *this.attempt);
+                    let future = this
+                        .span
+                        .in_scope(|| this.template.send(this.service, request));
                     match attempt_ends(this.config.attempt_timeout, *this.deadline) {
                         Some(at) => set_timer(this.timer, at),
                         // No bound on this attempt: the delay's timer must
@@ -327,6 +355,7 @@ fn give_up<C>(
         %reason,
         "giving up"
     );
+    telemetry::gave_up(reason, attempts);
     if let Some(hook) = &config.on_give_up {
         hook(&GiveUpEvent {
             request,

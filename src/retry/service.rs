@@ -102,12 +102,20 @@ where
         let config = &*self.config;
         let deadline = config.deadline.map(crate::time::after);
         let (attempt, template) = request.into_attempt(config.replay_limit);
-        let future = template.send(&mut service, attempt);
+        let span = crate::telemetry::attempt_span(&template.view(), 1);
+        let future = span.in_scope(|| template.send(&mut service, attempt));
         // Deposited once the attempt is on its way: no withdrawal can come
         // before its answer, and the attempt is not held up meanwhile.
         if let Some(budget) = &config.budget {
             budget.deposit_for(template.view().uri());
         }
-        ResponseFuture::new(future, service, template, self.config.clone(), deadline)
+        ResponseFuture::new(
+            future,
+            span,
+            service,
+            template,
+            self.config.clone(),
+            deadline,
+        )
     }
 }

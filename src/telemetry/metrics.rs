@@ -1,0 +1,40 @@
+//! The names of the metrics the crate records with feature `metrics`.
+//!
+//! They go through the [`metrics`](https://docs.rs/metrics) facade, so any
+//! exporter (Prometheus, OpenTelemetry, statsd) picks them up once it is
+//! installed as the recorder. Every label takes its values from a closed
+//! set: no URI, host, key or principal ever becomes a label, so the number
+//! of series stays bounded whatever the traffic.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `tower_reissue_retries_total` | counter | `reason`: the failed attempt's `error.type` (status code such as `503`, or `connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, `_OTHER`) | retries made |
+//! | `tower_reissue_give_ups_total` | counter | `reason`: `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`, `retry_after_too_long`, `deadline`, `budget_exhausted` | failures handed to the caller |
+//! | `tower_reissue_budget_refusals_total` | counter | none | retries the budget refused |
+//! | `tower_reissue_attempts` | histogram | none | attempts per logical request |
+//! | `tower_reissue_retry_delay_seconds` | histogram | none | the delay before each retry |
+//! | `tower_reissue_server_requests_total` | counter | `outcome`: `executed`, `executed_unprotected` (store down, failing open), `replayed`, `conflict` (409), `mismatch` (422), `missing_key` (400), `invalid_key` (400), `request_too_large` (413), `request_unreadable` (400), `not_stored` (410), `store_unavailable` (503) | keyed requests on the server, by what the idempotency layer did |
+//!
+//! ```
+//! use tower_reissue::telemetry::metrics;
+//! assert_eq!(metrics::RETRIES, "tower_reissue_retries_total");
+//! ```
+
+/// Counter of retries, label `reason` (the failed attempt's `error.type`).
+pub const RETRIES: &str = "tower_reissue_retries_total";
+/// Counter of failures handed to the caller, label `reason` (why no further
+/// attempt was made).
+pub const GIVE_UPS: &str = "tower_reissue_give_ups_total";
+/// Counter of retries the retry budget refused.
+pub const BUDGET_REFUSALS: &str = "tower_reissue_budget_refusals_total";
+/// Histogram of attempts per logical request, counting the first.
+pub const ATTEMPTS: &str = "tower_reissue_attempts";
+/// Histogram of the delay before each retry, in seconds.
+pub const RETRY_DELAY: &str = "tower_reissue_retry_delay_seconds";
+/// Counter of keyed requests on the server, label `outcome`.
+pub const SERVER_REQUESTS: &str = "tower_reissue_server_requests_total";
+
+/// The label naming why a retry was made.
+pub const LABEL_REASON: &str = "reason";
+/// The label naming what the idempotency layer did with a request.
+pub const LABEL_OUTCOME: &str = "outcome";

@@ -1,0 +1,182 @@
+//! Traces and metrics.
+//!
+//! # Spans
+//!
+//! [`RetryLayer`](crate::RetryLayer) opens one `tracing` span per attempt
+//! (target `tower_reissue::attempt`, level `INFO`), a child of the span the
+//! caller is in, named and attributed after the OpenTelemetry HTTP client
+//! span conventions, so that `tracing-opentelemetry` exports conforming
+//! client spans with no mapping:
+//!
+//! | field | value |
+//! |---|---|
+//! | `otel.name` | the method (`GET`, `POST`, ... or `_OTHER`) |
+//! | `otel.kind` | `client` |
+//! | `http.request.method` | the method, or `_OTHER` with `http.request.method_original` |
+//! | `url.full` | the URL without userinfo (`user:password@`) |
+//! | `server.address`, `server.port` | the host and port (80/443 by default) |
+//! | `http.request.resend_count` | on attempts after the first: 1, 2, ... |
+//! | `http.response.status_code` | when the server answered |
+//! | `error.type` | on a failed attempt, as the classifier saw it: the status code (`503`), or the transport cause (`connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, or `_OTHER`) |
+//! | `otel.status_code` | `error` on a failed attempt |
+//!
+//! The span covers the attempt (the inner service's future) and ends when
+//! its outcome is decided; the `retrying` and `giving up` events (target
+//! `tower_reissue::retry`) are emitted inside the span of the attempt they
+//! follow. Without a subscriber that wants these spans, `tracing` gives a
+//! disabled span before any field is formatted.
+//!
+//! [`IdempotencyLayer`](crate::IdempotencyLayer) opens a span `idempotency`
+//! (target `tower_reissue::idempotency`) per request that carries a key or
+//! lacks a required one, with `http.request.method`, the
+//! `idempotency.outcome` (the labels of [`metrics::SERVER_REQUESTS`]) and
+//! `http.response.status_code`.
+//!
+//! # Metrics
+//!
+//! With feature `metrics`, counters and histograms go through the `metrics`
+//! facade; their names and labels are listed in [`metrics`].
+//!
+//! ```
+//! use tracing::Instrument;
+//! # use std::convert::Infallible;
+//! # use bytes::Bytes;
+//! # use http::{Request, Response};
+//! # use http_body_util::Empty;
+//! # use tower::{ServiceBuilder, ServiceExt};
+//! # use tower_reissue::{ReplayBody, RetryLayer};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let upstream = tower::service_fn(|_req: Request<ReplayBody<Empty<Bytes>>>| async {
+//! #     Ok::<_, Infallible>(Response::new(()))
+//! # });
+//! let client = ServiceBuilder::new().layer(RetryLayer::new()).service(upstream);
+//! // Each attempt's span is a child of the span the call runs in.
+//! let request = Request::get("http://api.example/").body(Empty::new()).unwrap();
+//! let response = client
+//!     .oneshot(request)
+//!     .instrument(tracing::info_span!("checkout"))
+//!     .await
+//!     .unwrap();
+//! # let _ = response;
+//! # }
+//! ```
+
+pub mod metrics;
+mod span;
+
+pub(crate) use span::{ErrorType, attempt_ended, attempt_span, server_span};
+
+use std::time::Duration;
+
+use crate::retry::GiveUpReason;
+
+/// A retry is about to be made after a failure of `error_type`.
+#[inline]
+pub(crate) fn retrying(error_type: Option<&ErrorType>, delay: Duration) {
+    #[cfg(feature = "metrics")]
+    {
+        let reason = match error_type {
+            Some(ErrorType::Status(status)) => {
+                ::metrics::SharedString::from(status.as_str().to_owned())
+            }
+            Some(ErrorType::Cause(cause)) => ::metrics::SharedString::const_str(cause),
+            // A classifier may call a success transient; it has no error type.
+            None => ::metrics::SharedString::const_str("_OTHER"),
+        };
+        ::metrics::counter!(metrics::RETRIES, metrics::LABEL_REASON => reason).increment(1);
+        ::metrics::histogram!(metrics::RETRY_DELAY).record(delay.as_secs_f64());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (error_type, delay);
+}
+
+/// The request succeeded after `attempts` attempts.
+#[inline(always)]
+pub(crate) fn succeeded(attempts: u32) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(metrics::ATTEMPTS).record(attempts);
+    #[cfg(not(feature = "metrics"))]
+    let _ = attempts;
+}
+
+/// The layer gave up after `attempts` attempts.
+#[inline]
+pub(crate) fn gave_up(reason: GiveUpReason, attempts: u32) {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::counter!(metrics::GIVE_UPS, metrics::LABEL_REASON => give_up_label(reason))
+            .increment(1);
+        if reason == GiveUpReason::BudgetExhausted {
+            ::metrics::counter!(metrics::BUDGET_REFUSALS).increment(1);
+        }
+        ::metrics::histogram!(metrics::ATTEMPTS).record(attempts);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (reason, attempts);
+}
+
+#[cfg(feature = "metrics")]
+fn give_up_label(reason: GiveUpReason) -> &'static str {
+    match reason {
+        GiveUpReason::Permanent => "permanent",
+        GiveUpReason::NotSafe => "not_safe",
+        GiveUpReason::Disabled => "disabled",
+        GiveUpReason::MaxAttempts => "max_attempts",
+        GiveUpReason::NotReplayable(_) => "not_replayable",
+        GiveUpReason::RetryAfterTooLong => "retry_after_too_long",
+        GiveUpReason::Deadline => "deadline",
+        GiveUpReason::BudgetExhausted => "budget_exhausted",
+    }
+}
+
+/// What the idempotency layer did with a request: the `outcome` label of
+/// [`metrics::SERVER_REQUESTS`] and the server span's `idempotency.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerOutcome {
+    Executed,
+    ExecutedUnprotected,
+    Replayed,
+    Conflict,
+    Mismatch,
+    MissingKey,
+    InvalidKey,
+    RequestTooLarge,
+    RequestUnreadable,
+    NotStored,
+    StoreUnavailable,
+}
+
+impl ServerOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            ServerOutcome::Executed => "executed",
+            ServerOutcome::ExecutedUnprotected => "executed_unprotected",
+            ServerOutcome::Replayed => "replayed",
+            ServerOutcome::Conflict => "conflict",
+            ServerOutcome::Mismatch => "mismatch",
+            ServerOutcome::MissingKey => "missing_key",
+            ServerOutcome::InvalidKey => "invalid_key",
+            ServerOutcome::RequestTooLarge => "request_too_large",
+            ServerOutcome::RequestUnreadable => "request_unreadable",
+            ServerOutcome::NotStored => "not_stored",
+            ServerOutcome::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+/// Records the idempotency layer's answer on the current span (the
+/// request's server span) and in the server counter.
+/// `status` is `None` when the handler failed without a response.
+pub(crate) fn server_answered(outcome: ServerOutcome, status: Option<http::StatusCode>) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("idempotency.outcome", outcome.as_str());
+        if let Some(status) = status {
+            span.record("http.response.status_code", i64::from(status.as_u16()));
+        }
+    }
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(metrics::SERVER_REQUESTS, metrics::LABEL_OUTCOME => outcome.as_str())
+        .increment(1);
+}
