@@ -27,7 +27,7 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         // The current attempt's span: entered while its future is polled.
-        span: tracing::Span,
+        span: telemetry::AttemptSpan,
         // One timer, reset between uses: the attempt's timeout while calling,
         // the delay while waiting. Boxed and created on first use, so the
         // success path without timeouts neither allocates nor carries it.
@@ -67,7 +67,7 @@ where
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
-        span: tracing::Span,
+        span: telemetry::AttemptSpan,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
@@ -125,10 +125,9 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let polled = {
-                        let _attempt = this.span.enter();
-                        future.poll(cx)
-                    };
+                    let entered = this.span.enter();
+                    let polled = future.poll(cx);
+                    drop(entered);
                     let mut result = match polled {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
@@ -155,11 +154,9 @@ where
                         Err(error) => Outcome::Error(&**error),
                     };
                     let verdict = this.config.classifier.classify(&request, &outcome);
-                    // The decision's events belong to this attempt's span,
-                    // which ends with it (unless its result must be held).
-                    let span = std::mem::replace(this.span, tracing::Span::none());
-                    let entered = span.enter();
-                    let error_type = telemetry::attempt_ended(&span, &request, &outcome, verdict);
+                    // The decision's events belong to this attempt's span.
+                    let entered = this.span.enter();
+                    let error_type = this.span.ended(&request, &outcome, verdict);
                     let decision = decide(
                         this.config,
                         this.template,
@@ -214,10 +211,11 @@ where
                         drop(result);
                     }
                     drop(entered);
-                    if hold {
-                        // A give-up when the copy never comes back follows
-                        // this attempt too.
-                        *this.span = span;
+                    // The attempt's span ends with it, not after the delay,
+                    // unless a give-up may follow when the held copy never
+                    // comes back.
+                    if !hold {
+                        this.span.close();
                     }
                     *this.last_verdict = verdict;
                     *this.attempt += 1;
@@ -253,10 +251,10 @@ where
                         }
                     };
                     *this.last = None;
-                    *this.span = telemetry::attempt_span(&this.template.view(), *this.attempt);
-                    let future = this
-                        .span
-                        .in_scope(|| this.template.send(this.service, request));
+                    *this.span = telemetry::AttemptSpan::open(&this.template.view(), *this.attempt);
+                    let entered = this.span.enter();
+                    let future = this.template.send(this.service, request);
+                    drop(entered);
                     match attempt_ends(this.config.attempt_timeout, *this.deadline) {
                         Some(at) => set_timer(this.timer, at),
                         // No bound on this attempt: the delay's timer must

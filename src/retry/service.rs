@@ -102,8 +102,12 @@ where
         let config = &*self.config;
         let deadline = config.deadline.map(crate::time::after);
         let (attempt, template) = request.into_attempt(config.replay_limit);
-        let span = crate::telemetry::attempt_span(&template.view(), 1);
-        let future = span.in_scope(|| template.send(&mut service, attempt));
+        let span = crate::telemetry::AttemptSpan::open(&template.view(), 1);
+        // Entered around the call, not through a closure or a block, either
+        // of which would move the request or the future once more.
+        let entered = span.enter();
+        let future = template.send(&mut service, attempt);
+        drop(entered);
         // Deposited once the attempt is on its way: no withdrawal can come
         // before its answer, and the attempt is not held up meanwhile.
         if let Some(budget) = &config.budget {

@@ -65,7 +65,7 @@
 pub mod metrics;
 mod span;
 
-pub(crate) use span::{ErrorType, attempt_ended, attempt_span, server_span};
+pub(crate) use span::{AttemptSpan, ErrorType, server_span};
 
 use std::time::Duration;
 

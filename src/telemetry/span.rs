@@ -10,15 +10,66 @@ use tracing::field::Empty;
 use crate::Verdict;
 use crate::classify::{Outcome, RequestView};
 
-/// Opens the span of one attempt as a child of the current span. Fields
-/// known only later are declared `Empty` and recorded when the attempt ends;
-/// `http.request.resend_count` is left out of the first attempt, as the
-/// conventions ask.
+/// The span of one attempt, or nothing when no subscriber wants it.
+///
+/// Boxed so that a disabled span costs the retry future one null pointer to
+/// carry, move and drop, not a whole `Span`: with no subscriber, the success
+/// path stays as cheap as without telemetry.
+#[derive(Default)]
+pub(crate) struct AttemptSpan(Option<Box<Span>>);
+
+impl AttemptSpan {
+    /// Opens the span of one attempt (1-based) as a child of the current span.
+    #[inline(always)]
+    pub(crate) fn open(request: &RequestView<'_>, attempt: u32) -> Self {
+        // The one check the success path pays when nobody listens.
+        if !tracing::level_enabled!(tracing::Level::INFO) {
+            return AttemptSpan(None);
+        }
+        let span = attempt_span(request, attempt);
+        if span.is_disabled() {
+            AttemptSpan(None)
+        } else {
+            AttemptSpan(Some(Box::new(span)))
+        }
+    }
+
+    /// Enters the span for as long as the guard lives.
+    #[inline(always)]
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        self.0.as_deref().map(Span::enter)
+    }
+
+    /// Ends the span (if no one else holds it).
+    #[inline]
+    pub(crate) fn close(&mut self) {
+        self.0 = None;
+    }
+
+    /// Records how the attempt ended, as the classifier saw it, and returns
+    /// the `error.type` of a failed one (`None` on success).
+    #[inline(always)]
+    pub(crate) fn ended(
+        &self,
+        request: &RequestView<'_>,
+        outcome: &Outcome<'_>,
+        verdict: Verdict,
+    ) -> Option<ErrorType> {
+        if verdict == Verdict::Success && self.0.is_none() {
+            return None;
+        }
+        record_end(self.0.as_deref(), request, outcome, verdict)
+    }
+}
+
+/// Opens the span of one attempt. Fields known only later are declared
+/// `Empty` and recorded when the attempt ends; `http.request.resend_count`
+/// is left out of the first attempt, as the conventions ask.
 ///
 /// Without a subscriber interested in it, `tracing` hands back a disabled
 /// span before evaluating any field, so the URL is never formatted.
 #[inline]
-pub(crate) fn attempt_span(request: &RequestView<'_>, attempt: u32) -> Span {
+fn attempt_span(request: &RequestView<'_>, attempt: u32) -> Span {
     let uri = request.uri();
     let method = known_method(request.method());
     // Integers as i64: OpenTelemetry's attributes have no unsigned type, and
@@ -41,10 +92,8 @@ pub(crate) fn attempt_span(request: &RequestView<'_>, attempt: u32) -> Span {
     )
 }
 
-/// Records how an attempt ended, as the classifier saw it, and returns the
-/// `error.type` of a failed one (`None` on success).
-pub(crate) fn attempt_ended(
-    span: &Span,
+fn record_end(
+    span: Option<&Span>,
     request: &RequestView<'_>,
     outcome: &Outcome<'_>,
     verdict: Verdict,
@@ -53,9 +102,9 @@ pub(crate) fn attempt_ended(
         Verdict::Success => None,
         _ => Some(ErrorType::of(outcome)),
     };
-    if span.is_disabled() {
+    let Some(span) = span else {
         return error_type;
-    }
+    };
     if known_method(request.method()) == OTHER {
         span.record("http.request.method_original", request.method().as_str());
     }
