@@ -14,6 +14,9 @@
 //!   the request's `Idempotency-Key` and replays it, rejects concurrent
 //!   duplicates (409) and a key reused for another payload (422), with a
 //!   pluggable [`IdempotencyStore`] ([`MemoryStore`] by default).
+//! - [`Once`]: the same stores for work outside HTTP (a queue consumer, a
+//!   job): a closure runs at most once per key, and duplicates get its
+//!   stored value.
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`
@@ -101,6 +104,7 @@ pub mod budget;
 pub mod classify;
 pub mod idempotency;
 pub mod idempotency_key;
+pub mod once;
 pub mod request;
 pub mod retry;
 pub mod telemetry;
@@ -114,6 +118,7 @@ pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
 pub use idempotency::store::RedisStore;
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
+pub use once::{Once, OnceError, Ran};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
 /// The error type of the middleware: the wrapped service's error, boxed, or

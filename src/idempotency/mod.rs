@@ -79,6 +79,7 @@
 //! [`fail_open`](IdempotencyLayer::fail_open)).
 
 mod body;
+pub(crate) mod exec;
 mod future;
 mod key;
 mod layer;

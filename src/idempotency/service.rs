@@ -2,8 +2,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
@@ -11,20 +10,19 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument;
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
+use super::exec::{self, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
 use super::future::ResponseFuture;
 use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::problem::Problem;
 use super::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
-    StoredResponse,
+    FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoredResponse,
 };
 use crate::telemetry::{self, ServerOutcome};
 
@@ -215,15 +213,14 @@ where
         telemetry::server_answered(ServerOutcome::ExecutedUnprotected, status);
         return Ok(response?.map(ResponseBody::inner));
     };
-    let held = HeldClaim {
-        store,
-        record,
-        token,
-        settled: false,
+    let held = HeldClaim::new(store, record, token);
+    let mut work = pin!(execute(inner, request, config.max_body));
+    let executed = match held.renewing(config.lease, work.as_mut()).await {
+        Renewal::Finished(executed) => executed,
+        // The client still gets its response; the store keeps the record of
+        // whoever took over.
+        Renewal::Lost => work.await,
     };
-    let executed = held
-        .renewing(config.lease, execute(inner, request, config.max_body))
-        .await;
     match executed {
         Err(err) => {
             held.release().await;
@@ -264,49 +261,24 @@ async fn claim<St: IdempotencyStore, B>(
     record: &RecordKey,
     fingerprint: &Fingerprint,
 ) -> Result<Option<FencingToken>, Response<ResponseBody<B>>> {
-    let give_up_at = config.wait_for_result.map(crate::time::after);
-    loop {
-        match store.claim(record, fingerprint, config.lease).await {
-            Ok(Claim::Acquired(token)) => return Ok(Some(token)),
-            Ok(
-                Claim::Completed {
-                    fingerprint: stored,
-                    ..
-                }
-                | Claim::InFlight {
-                    fingerprint: stored,
-                },
-            ) if stored != *fingerprint => {
-                return Err(Problem::KeyReused.into_response());
-            }
-            Ok(Claim::Completed { outcome, .. }) => return Err(replay(outcome)),
-            Ok(Claim::InFlight { .. }) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, key = record.key(), "idempotency store failed to claim");
-                return if config.fail_open {
-                    Ok(None)
-                } else {
-                    Err(Problem::StoreUnavailable {
-                        retry_after: config.store_retry_after,
-                    }
-                    .into_response())
-                };
-            }
+    let rules = ClaimRules {
+        lease: config.lease,
+        wait_for_result: config.wait_for_result,
+        wait_poll_interval: config.wait_poll_interval,
+    };
+    match exec::claim(store, record, fingerprint, rules).await {
+        Ok(Claimed::Acquired(token)) => Ok(Some(token)),
+        Ok(Claimed::Completed(outcome)) => Err(replay(outcome)),
+        Err(Refused::FingerprintMismatch) => Err(Problem::KeyReused.into_response()),
+        Err(Refused::InFlight) => Err(Problem::InFlight {
+            retry_after: config.conflict_retry_after,
         }
-        match give_up_at {
-            Some(deadline) if Instant::now() < deadline => {
-                tokio::time::sleep_until(
-                    deadline.min(crate::time::after(config.wait_poll_interval)),
-                )
-                .await;
-            }
-            _ => {
-                return Err(Problem::InFlight {
-                    retry_after: config.conflict_retry_after,
-                }
-                .into_response());
-            }
+        .into_response()),
+        Err(Refused::Store(_)) if config.fail_open => Ok(None),
+        Err(Refused::Store(_)) => Err(Problem::StoreUnavailable {
+            retry_after: config.store_retry_after,
         }
+        .into_response()),
     }
 }
 
@@ -323,6 +295,8 @@ fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
             response
         }
         Outcome::NotStored { status } => Problem::ResponseNotStored { status }.into_response(),
+        // A record written by `Once`: the key was used for another operation.
+        Outcome::Value(_) | Outcome::Failed(_) => Problem::KeyReused.into_response(),
     }
 }
 
@@ -441,104 +415,4 @@ fn concat(frames: VecDeque<Frame<Bytes>>) -> Bytes {
     all.extend_from_slice(&second);
     chunks.for_each(|chunk| all.extend_from_slice(&chunk));
     all.freeze()
-}
-
-/// A claim this request holds, from acquisition until it is completed or
-/// released.
-struct HeldClaim<St: IdempotencyStore> {
-    store: St,
-    record: RecordKey,
-    token: FencingToken,
-    settled: bool,
-}
-
-impl<St: IdempotencyStore> HeldClaim<St> {
-    /// Drives `work` while renewing the lease every third of it, so a slow
-    /// handler keeps its claim for as long as it runs.
-    async fn renewing<F: Future>(&self, lease: Duration, work: F) -> F::Output {
-        let period = (lease / 3).max(Duration::from_millis(1));
-        let renew = || self.store.renew(&self.record, self.token, lease);
-        let mut work = pin!(work);
-        let mut tick = pin!(tokio::time::sleep(period));
-        let mut renewal = pin!(none_of(&renew));
-        let mut lost = false;
-        poll_fn(move |cx: &mut Context<'_>| {
-            if let Poll::Ready(output) = work.as_mut().poll(cx) {
-                return Poll::Ready(output);
-            }
-            loop {
-                if lost {
-                    return Poll::Pending;
-                }
-                if let Some(pending) = renewal.as_mut().as_pin_mut() {
-                    match ready!(pending.poll(cx)) {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseLost) => {
-                            tracing::warn!(key = self.record.key(), "idempotency lease lost while the handler ran; its result will not be stored");
-                            lost = true;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, key = self.record.key(), "failed to renew idempotency lease");
-                        }
-                    }
-                    renewal.set(None);
-                    tick.as_mut().reset(crate::time::after(period));
-                }
-                if !lost {
-                    ready!(tick.as_mut().poll(cx));
-                    renewal.set(Some(renew()));
-                }
-            }
-        })
-        .await
-    }
-
-    async fn complete(mut self, outcome: Outcome, ttl: Duration) {
-        self.settled = true;
-        if let Err(err) = self
-            .store
-            .complete(&self.record, self.token, outcome, ttl)
-            .await
-        {
-            tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result");
-        }
-    }
-
-    async fn release(mut self) {
-        self.settled = true;
-        if let Err(err) = self.store.release(&self.record, self.token).await {
-            tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
-        }
-    }
-}
-
-impl<St: IdempotencyStore> Drop for HeldClaim<St> {
-    fn drop(&mut self) {
-        // A handler that panicked did not finish: release so a retry runs.
-        // The claimed work runs detached from the caller, so any other drop
-        // means the runtime is shutting down: the claim expires with its
-        // lease, as after a crash.
-        if self.settled || !std::thread::panicking() {
-            return;
-        }
-        let (store, record, token) = (self.store.clone(), self.record.clone(), self.token);
-        let mut release = Box::pin(async move {
-            if let Err(err) = store.release(&record, token).await {
-                tracing::warn!(error = %err, key = record.key(), "failed to release idempotency claim after a panic");
-            }
-        });
-        // An in-process store releases on the first poll, before the panic's
-        // 500 reaches the client; a networked one finishes on the runtime.
-        let mut cx = Context::from_waker(Waker::noop());
-        if release.as_mut().poll(&mut cx).is_pending() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(release);
-            }
-        }
-    }
-}
-
-/// `None`, typed as the option of what `make` returns, without calling it.
-fn none_of<T>(_make: &impl Fn() -> T) -> Option<T> {
-    None
 }

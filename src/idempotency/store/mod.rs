@@ -274,6 +274,20 @@ impl Fingerprint {
         Self(hasher.finalize().into())
     }
 
+    /// The fingerprint of an arbitrary payload, such as a queue message's
+    /// body: its SHA-256 digest.
+    ///
+    /// ```
+    /// use tower_reissue::idempotency::store::Fingerprint;
+    ///
+    /// assert_eq!(Fingerprint::of(b"welcome alice"), Fingerprint::of("welcome alice"));
+    /// assert_ne!(Fingerprint::of("welcome alice"), Fingerprint::of("welcome bob"));
+    /// ```
+    pub fn of(payload: impl AsRef<[u8]>) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(Sha256::digest(payload.as_ref()).into())
+    }
+
     /// A fingerprint from its 32 raw bytes, as read back from a store.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
@@ -340,7 +354,7 @@ pub enum Claim {
     },
 }
 
-/// The stored result of a completed request.
+/// The stored result of a completed request or [`Once`](crate::once::Once) run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// The response, replayed to every duplicate.
@@ -352,6 +366,12 @@ pub enum Outcome {
         /// The status the original response had.
         status: StatusCode,
     },
+    /// The value a [`Once`](crate::once::Once) run returned, as JSON.
+    Value(Bytes),
+    /// A [`Once`](crate::once::Once) run that failed after taking effect
+    /// (see [`Failure::store`](crate::once::Failure::store)), kept so it does
+    /// not run again: the error's message.
+    Failed(String),
 }
 
 /// A response as kept in a store: status, headers and the whole body.
@@ -368,6 +388,8 @@ pub struct StoredResponse {
 const ENCODING_VERSION: u8 = 1;
 const KIND_RESPONSE: u8 = 0;
 const KIND_NOT_STORED: u8 = 1;
+const KIND_VALUE: u8 = 2;
+const KIND_FAILED: u8 = 3;
 
 impl Outcome {
     /// A compact, self-describing binary encoding, for stores that keep bytes.
@@ -406,6 +428,14 @@ impl Outcome {
                 }
                 out.put_slice(&response.body);
             }
+            Outcome::Value(value) => {
+                out.put_u8(KIND_VALUE);
+                out.put_slice(value);
+            }
+            Outcome::Failed(message) => {
+                out.put_u8(KIND_FAILED);
+                out.put_slice(message.as_bytes());
+            }
         }
         out.freeze()
     }
@@ -416,13 +446,25 @@ impl Outcome {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
         let mut input = bytes;
         let corrupt = |what: &str| StoreError::Corrupt(format!("stored outcome: {what}"));
-        if input.remaining() < 4 {
+        if input.remaining() < 2 {
             return Err(corrupt("truncated header"));
         }
         if input.get_u8() != ENCODING_VERSION {
             return Err(corrupt("unknown encoding version"));
         }
         let kind = input.get_u8();
+        match kind {
+            KIND_VALUE => return Ok(Outcome::Value(Bytes::copy_from_slice(input))),
+            KIND_FAILED => {
+                return String::from_utf8(input.to_vec())
+                    .map(Outcome::Failed)
+                    .map_err(|_| corrupt("failure message is not UTF-8"));
+            }
+            _ => {}
+        }
+        if input.remaining() < 2 {
+            return Err(corrupt("truncated header"));
+        }
         let status =
             StatusCode::from_u16(input.get_u16()).map_err(|_| corrupt("invalid status"))?;
         match kind {
