@@ -98,6 +98,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod circuit;
 pub mod classify;
 pub mod idempotency;
 pub mod idempotency_key;
@@ -107,6 +108,7 @@ mod time;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
+pub use circuit::{BreakerState, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
