@@ -5,6 +5,11 @@
 //! one record per call and scans them, so its cost grows with the traffic in
 //! the window), and with its cheapest, count-based window of 100 calls.
 //!
+//! Measured on a 2-core machine (`benches/callgrind.sh`, instructions per
+//! call, the service below costs 401): tower_reissue 1,122 (0.51x
+//! tower_resilience_count's 2,183), tower_reissue_per_host 1,708 (0.78x);
+//! tower_resilience_time averages 80,558 over 1,000 to 11,000 calls.
+//!
 //! With `CIRCUIT_CALLS=N CIRCUIT_TARGET=name` set, the bench makes N calls
 //! through one target and exits, for instruction counts (see
 //! `benches/callgrind.sh`).

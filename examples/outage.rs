@@ -204,6 +204,16 @@ impl Api {
         }
     }
 
+    /// Attempts received over the whole run.
+    fn received(&self) -> u64 {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum()
+    }
+
     fn duplicates(&self) -> u64 {
         self.effects
             .lock()
@@ -579,13 +589,7 @@ fn client_json(
     outcome: &Outcomes,
     lost: usize,
 ) -> serde_json::Value {
-    let received: u64 = api
-        .attempts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|&n| u64::from(n))
-        .sum();
+    let received = api.received();
     let mut json = serde_json::json!({
         "client": kind.label(),
         "ops": args.ops,
@@ -903,13 +907,7 @@ fn report(
     );
     for ((kind, (_, api)), outcome) in kinds.iter().zip(apis).zip(outcomes.iter_mut()) {
         outcome.latencies.sort();
-        let received: u64 = api
-            .attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|&n| u64::from(n))
-            .sum();
+        let received = api.received();
         println!(
             "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13.2} {:>6}ms {:>6}ms",
             kind.label(),

@@ -14,6 +14,10 @@
 //!   the request's `Idempotency-Key` and replays it, rejects concurrent
 //!   duplicates (409) and a key reused for another payload (422), with a
 //!   pluggable [`IdempotencyStore`] ([`MemoryStore`] by default).
+//! - [`CircuitBreakerLayer`]: stops sending to a host that is down, judged by
+//!   the same [`Classifier`] as the retry layer, and lets probes find out
+//!   when it is back; under [`RetryLayer`], a refused call waits for the probe
+//!   when its deadline allows.
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`
