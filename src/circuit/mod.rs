@@ -14,13 +14,18 @@
 //! - **Open**: calls fail at once with [`CircuitOpen`], which says how long
 //!   the break has left; nothing is sent.
 //! - **Half-open**: after the break, `probes` calls go through; the others
-//!   are refused. Once they all succeed the breaker closes (with an empty
+//!   are refused, told to come back after a tenth of the break (at most 1 s),
+//!   since when the probes will answer is not known. Once they all succeed the breaker closes (with an empty
 //!   window); the first that fails reopens it with twice the previous break,
 //!   up to `max_break_duration`. A probe dropped before its answer gives its
 //!   slot back.
 //!
 //! While closed, a call costs a few atomic operations and no lock or
-//! allocation; only state changes take a mutex.
+//! allocation; only state changes take a mutex (and, with `per_host`, the
+//! first call to a host not seen yet, which adds its breaker).
+//!
+//! The breaker takes `http::Request<B>`, so it sits over a hyper-util client
+//! or any tower HTTP service.
 //!
 //! # Defaults
 //!
