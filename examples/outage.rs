@@ -412,6 +412,8 @@ struct Outcomes {
     attempts: u64,
     /// When the breaker opened, from the start (breaker client only).
     opened: Vec<Duration>,
+    /// Attempts the API received from this client before any replay.
+    received: u64,
 }
 
 type BoxError = tower_reissue::BoxError;
@@ -589,7 +591,7 @@ fn client_json(
     outcome: &Outcomes,
     lost: usize,
 ) -> serde_json::Value {
-    let received = api.received();
+    let received = outcome.received;
     let mut json = serde_json::json!({
         "client": kind.label(),
         "ops": args.ops,
@@ -849,6 +851,15 @@ async fn main() -> Result<(), BoxError> {
         outcomes.push(handle.await?);
     }
 
+    // The run's own attempts, before the replay adds its own.
+    let series: Vec<_> = kinds
+        .iter()
+        .zip(&apis)
+        .map(|(kind, (_, api))| (*kind, api.attempts.lock().unwrap().clone()))
+        .collect();
+    for (outcome, (_, api)) in outcomes.iter_mut().zip(&apis) {
+        outcome.received = api.received();
+    }
     // Dead letters are replayed before anything is counted as lost.
     let mut replays = Vec::new();
     for ((kind, (addr, _)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
@@ -860,11 +871,6 @@ async fn main() -> Result<(), BoxError> {
         });
     }
     let lost = |api: &Api| (0..args.ops as u64).filter(|op| !api.executed(*op)).count();
-    let series: Vec<_> = kinds
-        .iter()
-        .zip(&apis)
-        .map(|(kind, (_, api))| (*kind, api.attempts.lock().unwrap().clone()))
-        .collect();
 
     if args.json {
         for ((kind, (_, api)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
@@ -907,7 +913,7 @@ fn report(
     );
     for ((kind, (_, api)), outcome) in kinds.iter().zip(apis).zip(outcomes.iter_mut()) {
         outcome.latencies.sort();
-        let received = api.received();
+        let received = outcome.received;
         println!(
             "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13.2} {:>6}ms {:>6}ms",
             kind.label(),
