@@ -15,9 +15,9 @@ const SLOTS: usize = 10;
 /// What one logical request deposits. Withdrawals cost `DEPOSIT / ratio`,
 /// so ratios keep two decimal digits of precision in integer arithmetic.
 const DEPOSIT: i64 = 100;
-/// Hosts a per-host budget tracks by default before new hosts share the
-/// overflow budget.
-const DEFAULT_MAX_HOSTS: usize = 1024;
+/// Hosts a per-host budget (or circuit breaker) tracks by default before
+/// new hosts share the overflow one.
+pub(crate) const DEFAULT_MAX_HOSTS: usize = 1024;
 
 /// A slot packs the epoch it was last written in (high 24 bits) with a signed
 /// balance (low 40 bits), so a stale slot is recognised and reset by the same

@@ -7,9 +7,7 @@ use tower_layer::Layer;
 use super::breaker::{Breakers, Policy};
 use super::{BreakerState, CircuitBreaker, StateChange};
 use crate::DefaultClassifier;
-
-/// Hosts a per-host breaker tracks by default, as the per-host retry budget.
-const DEFAULT_MAX_HOSTS: usize = 1024;
+use crate::budget::DEFAULT_MAX_HOSTS;
 
 /// Applies [`CircuitBreaker`] to a client service.
 ///
