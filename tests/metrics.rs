@@ -42,6 +42,7 @@ type Labels = Vec<(String, String)>;
 /// histograms, not its list of series).
 struct Reading {
     counters: BTreeMap<(String, Labels), u64>,
+    gauges: BTreeMap<(String, Labels), f64>,
     histograms: BTreeMap<String, Vec<f64>>,
     series: BTreeSet<String>,
 }
@@ -50,6 +51,7 @@ impl Reading {
     fn take(snapshotter: &Snapshotter) -> Reading {
         let mut reading = Reading {
             counters: BTreeMap::new(),
+            gauges: BTreeMap::new(),
             histograms: BTreeMap::new(),
             series: BTreeSet::new(),
         };
@@ -70,7 +72,11 @@ impl Reading {
                         values.into_iter().map(|v| v.into_inner()).collect(),
                     );
                 }
-                DebugValue::Gauge(_) => {}
+                DebugValue::Gauge(value) => {
+                    reading
+                        .gauges
+                        .insert((key.name().to_owned(), labels), value.into_inner());
+                }
             }
         }
         reading
@@ -252,5 +258,36 @@ async fn distinct_uris_and_keys_add_no_series() {
             .iter()
             .all(|s| !s.contains("users") && !s.contains("key-")),
         "{after_all:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_transitions_and_state_gauge() {
+    use tower_reissue::circuit::CircuitBreakerLayer;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let down = TestServer::always(503).await;
+    let breaker = CircuitBreakerLayer::builder()
+        .min_throughput(4)
+        .failure_ratio(0.5)
+        .build()
+        .layer(common::client::<Full<Bytes>>());
+    for _ in 0..6 {
+        let request = Request::get(down.url("/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let _ = breaker.clone().oneshot(request).await;
+    }
+
+    let read = Reading::take(&snapshotter);
+    let transition = [(names::LABEL_FROM, "closed"), (names::LABEL_TO, "open")];
+    assert_eq!(read.counter(names::BREAKER_TRANSITIONS, &transition), 1);
+    assert_eq!(
+        read.gauges.get(&(
+            names::BREAKERS.to_owned(),
+            vec![(names::LABEL_STATE.to_owned(), "open".to_owned())]
+        )),
+        Some(&1.0)
     );
 }

@@ -8,11 +8,13 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `tower_reissue_retries_total` | counter | `reason`: the failed attempt's `error.type` (status code such as `503`, or `connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, `_OTHER`) | retries made |
+//! | `tower_reissue_retries_total` | counter | `reason`: the failed attempt's `error.type` (status code such as `503`, or `connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, `circuit_open`, `_OTHER`) | retries made |
 //! | `tower_reissue_give_ups_total` | counter | `reason`: `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`, `retry_after_too_long`, `deadline`, `budget_exhausted` | failures handed to the caller |
 //! | `tower_reissue_budget_refusals_total` | counter | none | retries the budget refused |
 //! | `tower_reissue_attempts` | histogram | none | attempts per logical request |
 //! | `tower_reissue_retry_delay_seconds` | histogram | none | the delay before each retry |
+//! | `tower_reissue_breaker_transitions_total` | counter | `from`, `to`: `closed`, `open`, `half_open` | circuit breaker state changes |
+//! | `tower_reissue_breakers` | gauge | `state`: `open`, `half_open` | breakers in that state now (closed ones are not counted) |
 //! | `tower_reissue_server_requests_total` | counter | `outcome`: `executed`, `executed_unprotected` (store down, failing open), `replayed`, `conflict` (409), `mismatch` (422), `missing_key` (400), `invalid_key` (400), `request_too_large` (413), `request_unreadable` (400), `not_stored` (410), `store_unavailable` (503) | keyed requests on the server, by what the idempotency layer did |
 //!
 //! ```
@@ -31,10 +33,22 @@ pub const BUDGET_REFUSALS: &str = "tower_reissue_budget_refusals_total";
 pub const ATTEMPTS: &str = "tower_reissue_attempts";
 /// Histogram of the delay before each retry, in seconds.
 pub const RETRY_DELAY: &str = "tower_reissue_retry_delay_seconds";
+/// Counter of circuit breaker state changes, labels `from` and `to`
+/// (`closed`, `open`, `half_open`).
+pub const BREAKER_TRANSITIONS: &str = "tower_reissue_breaker_transitions_total";
+/// Gauge of circuit breakers by state, label `state` (`open`, `half_open`;
+/// closed breakers are not counted).
+pub const BREAKERS: &str = "tower_reissue_breakers";
 /// Counter of keyed requests on the server, label `outcome`.
 pub const SERVER_REQUESTS: &str = "tower_reissue_server_requests_total";
 
 /// The label naming why a retry was made.
 pub const LABEL_REASON: &str = "reason";
+/// The label naming the state a breaker left.
+pub const LABEL_FROM: &str = "from";
+/// The label naming the state a breaker entered.
+pub const LABEL_TO: &str = "to";
+/// The label naming a breaker state.
+pub const LABEL_STATE: &str = "state";
 /// The label naming what the idempotency layer did with a request.
 pub const LABEL_OUTCOME: &str = "outcome";

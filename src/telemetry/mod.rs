@@ -17,7 +17,7 @@
 //! | `server.address`, `server.port` | the host and port (80/443 by default) |
 //! | `http.request.resend_count` | on attempts after the first: 1, 2, ... |
 //! | `http.response.status_code` | when the server answered |
-//! | `error.type` | on a failed attempt, as the classifier saw it: the status code (`503`), or the transport cause (`connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, or `_OTHER`) |
+//! | `error.type` | on a failed attempt, as the classifier saw it: the status code (`503`), or the transport cause (`connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, `circuit_open`, or `_OTHER`) |
 //! | `otel.status_code` | `error` on a failed attempt |
 //!
 //! The span covers the attempt (the inner service's future) and ends when
@@ -128,6 +128,34 @@ fn give_up_label(reason: GiveUpReason) -> &'static str {
         GiveUpReason::Deadline => "deadline",
         GiveUpReason::BudgetExhausted => "budget_exhausted",
     }
+}
+
+/// A circuit breaker went from `from` to `to`.
+pub(crate) fn breaker_changed(
+    from: crate::circuit::BreakerState,
+    to: crate::circuit::BreakerState,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        use crate::circuit::BreakerState;
+        ::metrics::counter!(
+            metrics::BREAKER_TRANSITIONS,
+            metrics::LABEL_FROM => from.as_str(),
+            metrics::LABEL_TO => to.as_str(),
+        )
+        .increment(1);
+        // Closed breakers are not counted: with one breaker per host, their
+        // number is however many hosts were ever called.
+        if from != BreakerState::Closed {
+            ::metrics::gauge!(metrics::BREAKERS, metrics::LABEL_STATE => from.as_str())
+                .decrement(1);
+        }
+        if to != BreakerState::Closed {
+            ::metrics::gauge!(metrics::BREAKERS, metrics::LABEL_STATE => to.as_str()).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (from, to);
 }
 
 /// What the idempotency layer did with a request: the `outcome` label of
