@@ -15,6 +15,11 @@
 //!   operations it gives up on are dead-lettered with their key and replayed
 //!   once the API has recovered.
 //!
+//! With `--hard-outage SECS`, the incident is followed by SECS seconds where
+//! the API answers 503 to everything, and a fourth client joins: the same
+//! tower-reissue stack with a `CircuitBreakerLayer` under the retry layer.
+//! `--json` prints one JSON object per client instead of the table.
+//!
 //! Run: `cargo run --example outage` (add `-- --help` for the knobs).
 
 use bytes::Bytes;
@@ -37,6 +42,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_reissue::circuit::{BreakerState, CircuitBreakerLayer};
 use tower_reissue::{
     Attempts, Backoff, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody, RetryBudget,
     RetryLayer,
@@ -67,6 +73,27 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Seconds of hard outage (503 to everything) after the incident, with
+    /// a fourth client that has a circuit breaker. The workload is spread
+    /// over `--duration` plus these seconds.
+    #[arg(long, default_value_t = 0.0)]
+    hard_outage: f64,
+    /// One JSON object per client on standard output instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    /// The whole timeline: normal, incident, hard outage, recovery.
+    fn total(&self) -> f64 {
+        self.duration + self.hard_outage
+    }
+
+    /// When the hard outage starts and ends, in seconds from the start.
+    fn hard_window(&self) -> (f64, f64) {
+        let from = self.duration * 0.75;
+        (from, from + self.hard_outage)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -87,6 +114,8 @@ enum Fault {
     Throttled,
     /// 503 with `Retry-After`, before any work.
     Unavailable,
+    /// The hard outage: 503 without `Retry-After`, before any work.
+    Down,
 }
 
 struct Api {
@@ -97,6 +126,10 @@ struct Api {
     effects: Mutex<HashMap<u64, u32>>,
     /// Attempts received per 250 ms bucket, for the chart.
     attempts: Mutex<Vec<u32>>,
+    /// When each attempt of the hard outage arrived, from the start.
+    hard_attempts: Mutex<Vec<Duration>>,
+    /// The first attempt answered 2xx after the hard outage, from its end.
+    recovered_after: Mutex<Option<Duration>>,
 }
 
 const BUCKET: Duration = Duration::from_millis(250);
@@ -107,7 +140,23 @@ impl Api {
         (0.25..0.75).contains(&t)
     }
 
+    fn in_hard_outage(&self) -> bool {
+        let (from, to) = self.args.hard_window();
+        (from..to).contains(&self.start.elapsed().as_secs_f64())
+    }
+
+    /// Seconds past the end of the hard outage, if it is over.
+    fn after_hard_outage(&self) -> Option<Duration> {
+        let (_, to) = self.args.hard_window();
+        self.start
+            .elapsed()
+            .checked_sub(Duration::from_secs_f64(to))
+    }
+
     fn draw(&self) -> Fault {
+        if self.in_hard_outage() {
+            return Fault::Down;
+        }
         let mut rng = self.rng.lock().unwrap();
         if self.in_incident() {
             if !rng.random_bool(self.args.incident_failure_rate.clamp(0.0, 1.0)) {
@@ -138,6 +187,31 @@ impl Api {
             attempts.resize(bucket + 1, 0);
         }
         attempts[bucket] += 1;
+        if self.in_hard_outage() {
+            self.hard_attempts
+                .lock()
+                .unwrap()
+                .push(self.start.elapsed());
+        }
+    }
+
+    fn answered(&self, status: StatusCode) {
+        if !status.is_success() || self.args.hard_outage <= 0.0 {
+            return;
+        }
+        if let Some(after) = self.after_hard_outage() {
+            self.recovered_after.lock().unwrap().get_or_insert(after);
+        }
+    }
+
+    /// Attempts received over the whole run.
+    fn received(&self) -> u64 {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum()
     }
 
     fn duplicates(&self) -> u64 {
@@ -197,6 +271,8 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         rng: Mutex::new(StdRng::seed_from_u64(args.seed ^ salt)),
         effects: Mutex::default(),
         attempts: Mutex::default(),
+        hard_attempts: Mutex::default(),
+        recovered_after: Mutex::default(),
     });
     let handler_api = api.clone();
     let app = axum::Router::new()
@@ -239,6 +315,7 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
                         Fault::ErrorBefore => return Ok(status(500)),
                         Fault::Throttled => return Ok(retry_after(429)),
                         Fault::Unavailable => return Ok(retry_after(503)),
+                        Fault::Down => return Ok(status(503)),
                         _ => {}
                     }
                     let response = app
@@ -255,7 +332,10 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
                     match fault {
                         Fault::ErrorAfter => Ok(status(500)),
                         Fault::HangupAfter => Err(std::io::Error::other(Dropped)),
-                        _ => Ok(Response::from_parts(parts, axum::body::Body::from(body))),
+                        _ => {
+                            api.answered(parts.status);
+                            Ok(Response::from_parts(parts, axum::body::Body::from(body)))
+                        }
                     }
                 }
             });
@@ -285,6 +365,8 @@ enum Kind {
     NoRetry,
     Naive,
     Reissue,
+    /// The same stack with a circuit breaker under the retry layer.
+    Breaker,
 }
 
 impl Kind {
@@ -293,6 +375,7 @@ impl Kind {
             Kind::NoRetry => "no retries",
             Kind::Naive => "naive loop (10x, fixed delay)",
             Kind::Reissue => "tower-reissue",
+            Kind::Breaker => "tower-reissue + breaker",
         }
     }
 
@@ -301,6 +384,7 @@ impl Kind {
             Kind::NoRetry => "#7f7f7f",
             Kind::Naive => "#d62728",
             Kind::Reissue => "#1f77b4",
+            Kind::Breaker => "#2ca02c",
         }
     }
 }
@@ -326,6 +410,10 @@ struct Outcomes {
     latencies: Vec<Duration>,
     dead_letters: Vec<(u64, String)>,
     attempts: u64,
+    /// When the breaker opened, from the start (breaker client only).
+    opened: Vec<Duration>,
+    /// Attempts the API received from this client before any replay.
+    received: u64,
 }
 
 type BoxError = tower_reissue::BoxError;
@@ -360,6 +448,8 @@ async fn run_client(
         Client::builder(TokioExecutor::new()).build_http();
     let dead_letters: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let sink = dead_letters.clone();
+    let opened: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let breaker = (kind == Kind::Breaker).then(|| demo_breaker(start, opened.clone()));
     let reissue = ServiceBuilder::new()
         .layer(IdempotencyKeyLayer::new())
         .layer(
@@ -381,11 +471,14 @@ async fn run_client(
                     }
                 }),
         )
+        .option_layer(breaker)
+        // One error type with or without the breaker.
+        .map_err(boxed)
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
 
     let results: Arc<Mutex<Outcomes>> = Arc::default();
     let mut tasks = Vec::with_capacity(args.ops);
-    let spacing = Duration::from_secs_f64(args.duration / args.ops as f64);
+    let spacing = Duration::from_secs_f64(args.total() / args.ops as f64);
     for op in 0..args.ops as u64 {
         tokio::time::sleep_until(start + spacing * op as u32).await;
         let (plain, reissue, results, bar) =
@@ -398,7 +491,7 @@ async fn run_client(
                     1,
                 ),
                 Kind::Naive => naive_call(&plain, addr, op).await,
-                Kind::Reissue => {
+                Kind::Reissue | Kind::Breaker => {
                     let result: Result<Response<Incoming>, BoxError> = reissue.oneshot(op_request(addr, op)).await;
                     match result {
                         Ok(r) => {
@@ -423,7 +516,99 @@ async fn run_client(
     bar.finish();
     let mut outcomes = std::mem::take(&mut *results.lock().unwrap());
     outcomes.dead_letters = std::mem::take(&mut *dead_letters.lock().unwrap());
+    outcomes.opened = std::mem::take(&mut *opened.lock().unwrap());
     outcomes
+}
+
+fn boxed(error: hyper_util::client::legacy::Error) -> BoxError {
+    Box::new(error)
+}
+
+/// The breaker of the demo, on the demo's compressed time scale (a second
+/// here stands for minutes of a real incident): opens at half the calls
+/// failing over 5 s, breaks for 1 s, then 2 s after a failed probe.
+fn demo_breaker(start: Instant, opened: Arc<Mutex<Vec<Duration>>>) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .failure_ratio(0.5)
+        .min_throughput(20)
+        .window(Duration::from_secs(5))
+        .break_duration(DEMO_BREAK)
+        .max_break_duration(DEMO_MAX_BREAK)
+        .on_state_change(move |change| {
+            if change.to == BreakerState::Open {
+                opened.lock().unwrap().push(start.elapsed());
+            }
+        })
+        .build()
+}
+
+const DEMO_BREAK: Duration = Duration::from_secs(1);
+const DEMO_MAX_BREAK: Duration = Duration::from_secs(2);
+
+/// What the hard outage did to one client.
+struct HardOutage {
+    /// Attempts that reached the API during the hard outage.
+    attempts: u64,
+    /// Of those, the ones after the breaker had opened (breaker client).
+    after_open: Option<u64>,
+    /// Longest breaks the time after opening spans: the probe budget.
+    break_intervals: Option<u64>,
+    /// From the end of the hard outage to the first 2xx.
+    recovered_after: Option<Duration>,
+}
+
+fn hard_outage(args: &Args, api: &Api, outcome: &Outcomes, kind: Kind) -> HardOutage {
+    let hard = api.hard_attempts.lock().unwrap();
+    let (from, to) = args.hard_window();
+    let (from, to) = (Duration::from_secs_f64(from), Duration::from_secs_f64(to));
+    // The breaker is open from its last opening before the outage (it may
+    // still be open from the incident) or its first opening within it.
+    let opened_at = (kind == Kind::Breaker)
+        .then(|| {
+            let before = outcome.opened.iter().rev().find(|t| **t <= from);
+            let within = outcome.opened.iter().find(|t| **t > from && **t < to);
+            before.map(|_| from).or(within.copied())
+        })
+        .flatten();
+    HardOutage {
+        attempts: hard.len() as u64,
+        after_open: opened_at.map(|at| hard.iter().filter(|t| **t > at).count() as u64),
+        break_intervals: opened_at.map(|at| {
+            (to - at)
+                .as_secs_f64()
+                .div_euclid(DEMO_MAX_BREAK.as_secs_f64()) as u64
+                + 1
+        }),
+        recovered_after: *api.recovered_after.lock().unwrap(),
+    }
+}
+
+/// One client's figures, as `--json` prints them.
+fn client_json(
+    kind: Kind,
+    args: &Args,
+    api: &Api,
+    outcome: &Outcomes,
+    lost: usize,
+) -> serde_json::Value {
+    let received = outcome.received;
+    let mut json = serde_json::json!({
+        "client": kind.label(),
+        "ops": args.ops,
+        "succeeded": outcome.succeeded,
+        "failed": outcome.failed,
+        "duplicates": api.duplicates(),
+        "lost": lost,
+        "attempts_per_op": received as f64 / args.ops as f64,
+    });
+    if args.hard_outage > 0.0 {
+        let hard = hard_outage(args, api, outcome, kind);
+        json["attempts_during_hard_outage"] = hard.attempts.into();
+        json["attempts_after_breaker_opened"] = hard.after_open.into();
+        json["break_intervals_after_opening"] = hard.break_intervals.into();
+        json["recovered_after_ms"] = hard.recovered_after.map(|d| d.as_millis() as u64).into();
+    }
+    json
 }
 
 /// Replays dead-lettered operations with their original keys.
@@ -457,7 +642,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn svg_chart(series: &[(Kind, Vec<u32>)], duration: f64, incident_rate: f64) -> String {
+fn svg_chart(
+    series: &[(Kind, Vec<u32>)],
+    duration: f64,
+    incident_rate: f64,
+    hard: Option<(f64, f64)>,
+) -> String {
     let (w, h, left, right, top, bottom) = (900.0, 420.0, 70.0, 20.0, 40.0, 60.0);
     let per_sec = |n: u32| f64::from(n) / BUCKET.as_secs_f64();
     let buckets = series
@@ -466,7 +656,7 @@ fn svg_chart(series: &[(Kind, Vec<u32>)], duration: f64, incident_rate: f64) -> 
         .max()
         .unwrap_or(1)
         .max(1);
-    let t_max = (buckets as f64 * BUCKET.as_secs_f64()).max(duration);
+    let t_max = (buckets as f64 * BUCKET.as_secs_f64()).max(hard.map_or(duration, |(_, to)| to));
     let peak = series
         .iter()
         .flat_map(|(_, s)| s.iter().copied().map(per_sec))
@@ -500,6 +690,17 @@ fn svg_chart(series: &[(Kind, Vec<u32>)], duration: f64, incident_rate: f64) -> 
         top + 16.0,
         (incident_rate * 100.0).round()
     );
+    if let Some((from, to)) = hard {
+        let _ = write!(
+            svg,
+            r##"<rect x="{:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#fcbba1"/><text x="{:.1}" y="{:.1}" fill="#a50f15">hard outage (503)</text>"##,
+            x(from),
+            x(to) - x(from),
+            h - top - bottom,
+            x(from) + 6.0,
+            top + 32.0
+        );
+    }
     let _ = write!(
         svg,
         r##"<text x="{:.1}" y="24" font-size="16">Attempts per second reaching the API</text>"##,
@@ -598,20 +799,32 @@ async fn main() -> Result<(), BoxError> {
             return Err(format!("{flag} must be between 0 and 1, got {rate}").into());
         }
     }
-    let kinds = [Kind::NoRetry, Kind::Naive, Kind::Reissue];
+    if !args.hard_outage.is_finite() || !(0.0..=600.0).contains(&args.hard_outage) {
+        return Err(format!(
+            "--hard-outage must be a number of seconds in [0, 600], got {}",
+            args.hard_outage
+        )
+        .into());
+    }
+    let mut kinds = vec![Kind::NoRetry, Kind::Naive, Kind::Reissue];
+    if args.hard_outage > 0.0 {
+        kinds.push(Kind::Breaker);
+    }
     let start = Instant::now() + Duration::from_millis(200);
     let mut apis = Vec::new();
     for (salt, _) in kinds.iter().enumerate() {
         apis.push(start_api(&args, salt as u64, start).await);
     }
 
-    println!(
-        "{} operations per client over {:.0} s: normal ({:.1}% failures), incident ({:.0}% failures), recovery.",
-        args.ops,
-        args.duration,
-        args.normal_failure_rate * 100.0,
-        args.incident_failure_rate * 100.0
-    );
+    if !args.json {
+        println!(
+            "{} operations per client over {:.0} s: normal ({:.1}% failures), incident ({:.0}% failures), recovery.",
+            args.ops,
+            args.duration,
+            args.normal_failure_rate * 100.0,
+            args.incident_failure_rate * 100.0
+        );
+    }
     let bars = MultiProgress::with_draw_target(if args.quiet {
         ProgressDrawTarget::hidden()
     } else {
@@ -638,22 +851,69 @@ async fn main() -> Result<(), BoxError> {
         outcomes.push(handle.await?);
     }
 
-    // Report.
+    // The run's own attempts, before the replay adds its own.
+    let series: Vec<_> = kinds
+        .iter()
+        .zip(&apis)
+        .map(|(kind, (_, api))| (*kind, api.attempts.lock().unwrap().clone()))
+        .collect();
+    for (outcome, (_, api)) in outcomes.iter_mut().zip(&apis) {
+        outcome.received = api.received();
+    }
+    // Dead letters are replayed before anything is counted as lost.
+    let mut replays = Vec::new();
+    for ((kind, (addr, _)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
+        replays.push(match kind {
+            Kind::Reissue | Kind::Breaker => {
+                Some(replay_dead_letters(*addr, &outcome.dead_letters).await)
+            }
+            _ => None,
+        });
+    }
+    let lost = |api: &Api| (0..args.ops as u64).filter(|op| !api.executed(*op)).count();
+
+    if args.json {
+        for ((kind, (_, api)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
+            println!("{}", client_json(*kind, &args, api, outcome, lost(api)));
+        }
+    } else {
+        report(&args, &kinds, &apis, &mut outcomes, &replays);
+    }
+
+    if let Some(dir) = args.svg.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.svg,
+        svg_chart(
+            &series,
+            args.duration,
+            args.incident_failure_rate,
+            (args.hard_outage > 0.0).then(|| args.hard_window()),
+        ),
+    )?;
+    if !args.json {
+        println!("\nChart of attempts per second: {}", args.svg.display());
+    }
+    Ok(())
+}
+
+/// The table and the story under it.
+fn report(
+    args: &Args,
+    kinds: &[Kind],
+    apis: &[(SocketAddr, Arc<Api>)],
+    outcomes: &mut [Outcomes],
+    replays: &[Option<(u64, u64)>],
+) {
     println!();
     println!(
         "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13} {:>8} {:>8}",
         "client", "ops", "succeeded", "failed", "duplicates", "attempts/op", "p50", "p99"
     );
-    let mut series = Vec::new();
-    for ((kind, (addr, api)), outcome) in kinds.iter().zip(&apis).zip(&mut outcomes) {
+    for ((kind, (_, api)), outcome) in kinds.iter().zip(apis).zip(outcomes.iter_mut()) {
         outcome.latencies.sort();
-        let received: u64 = api
-            .attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|&n| u64::from(n))
-            .sum();
+        let received = outcome.received;
         println!(
             "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13.2} {:>6}ms {:>6}ms",
             kind.label(),
@@ -665,8 +925,6 @@ async fn main() -> Result<(), BoxError> {
             percentile(&outcome.latencies, 0.5).as_millis(),
             percentile(&outcome.latencies, 0.99).as_millis(),
         );
-        series.push((*kind, api.attempts.lock().unwrap().clone()));
-        let _ = addr;
     }
     let lost = |api: &Api| (0..args.ops as u64).filter(|op| !api.executed(*op)).count();
     println!();
@@ -678,27 +936,46 @@ async fn main() -> Result<(), BoxError> {
         "naive loop:    {} duplicate side effects (emails sent twice, payments captured twice).",
         apis[1].1.duplicates()
     );
-
-    let (addr, api) = &apis[2];
-    let dead = &outcomes[2].dead_letters;
-    let (recovered, still) = replay_dead_letters(*addr, dead).await;
-    println!(
-        "tower-reissue: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
-        api.duplicates(),
-        dead.len(),
-        recovered,
-        still,
-        lost(api),
-        api.duplicates()
-    );
-
-    if let Some(dir) = args.svg.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    for (i, kind) in kinds.iter().enumerate() {
+        let (Some((recovered, still)), (_, api)) = (replays[i], &apis[i]) else {
+            continue;
+        };
+        let label = match kind {
+            Kind::Breaker => "tower-reissue + breaker",
+            _ => "tower-reissue",
+        };
+        println!(
+            "{label}: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
+            api.duplicates(),
+            outcomes[i].dead_letters.len(),
+            recovered,
+            still,
+            lost(api),
+            api.duplicates()
+        );
     }
-    std::fs::write(
-        &args.svg,
-        svg_chart(&series, args.duration, args.incident_failure_rate),
-    )?;
-    println!("\nChart of attempts per second: {}", args.svg.display());
-    Ok(())
+    if args.hard_outage > 0.0 {
+        println!();
+        println!(
+            "hard outage ({} s of 503s): attempts reaching the API, and time from its end to the first success",
+            args.hard_outage
+        );
+        for ((kind, (_, api)), outcome) in kinds.iter().zip(apis).zip(outcomes.iter()) {
+            let hard = hard_outage(args, api, outcome, *kind);
+            let opened = match (hard.after_open, hard.break_intervals) {
+                (Some(n), Some(breaks)) => {
+                    format!(" ({n} after the breaker opened, over {breaks} break intervals)")
+                }
+                _ => String::new(),
+            };
+            let back = hard
+                .recovered_after
+                .map_or("never".to_owned(), |d| format!("{} ms", d.as_millis()));
+            println!(
+                "  {:<28} {:>6} attempts{opened}; back after {back}",
+                kind.label(),
+                hard.attempts
+            );
+        }
+    }
 }

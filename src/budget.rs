@@ -15,9 +15,9 @@ const SLOTS: usize = 10;
 /// What one logical request deposits. Withdrawals cost `DEPOSIT / ratio`,
 /// so ratios keep two decimal digits of precision in integer arithmetic.
 const DEPOSIT: i64 = 100;
-/// Hosts a per-host budget tracks by default before new hosts share the
-/// overflow budget.
-const DEFAULT_MAX_HOSTS: usize = 1024;
+/// Hosts a per-host budget (or circuit breaker) tracks by default before
+/// new hosts share the overflow one.
+pub(crate) const DEFAULT_MAX_HOSTS: usize = 1024;
 
 /// A slot packs the epoch it was last written in (high 24 bits) with a signed
 /// balance (low 40 bits), so a stale slot is recognised and reset by the same
@@ -70,7 +70,7 @@ struct Shared {
     /// The whole budget; with a per-host budget, the one of requests without
     /// an authority and of hosts past `max_hosts`.
     bank: Bank,
-    hosts: Option<Hosts>,
+    hosts: Option<Hosts<Bank>>,
     ratio: f64,
     min_per_sec: u32,
     window: Duration,
@@ -78,26 +78,34 @@ struct Shared {
 
 /// What every bank of one budget is built from.
 #[derive(Clone, Copy)]
-struct Terms {
+pub(crate) struct Terms {
     slot_nanos: u64,
     deposit: i64,
     withdraw: i64,
     reserve: i64,
 }
 
-struct Bank {
+/// A sliding window of signed totals in `SLOTS` epoch-tagged atomic slots.
+pub(crate) struct Bank {
     terms: Terms,
     start: Instant,
     slots: [AtomicU64; SLOTS],
 }
 
-/// One bank per authority. Reads (every request) take a lock-free snapshot
-/// of the map; only the first request to a new host takes the mutex and
-/// publishes a grown copy, so the hot path never waits on a writer.
-struct Hosts {
-    map: ArcSwap<HashMap<Box<str>, Arc<Bank>>>,
+/// One entry (a bank, a circuit breaker) per authority. Reads (every
+/// request) take a lock-free snapshot of the map; only the first request to
+/// a new host takes the mutex and publishes a grown copy, so the hot path
+/// never waits on a writer.
+pub(crate) struct Hosts<V> {
+    map: ArcSwap<HashMap<Box<str>, Arc<V>>>,
     grow: Mutex<()>,
     max_hosts: usize,
+}
+
+/// What a per-host map may evict to make room for a new host.
+pub(crate) trait Evictable {
+    /// Nothing happened to it within its window.
+    fn is_idle(&self) -> bool;
 }
 
 impl RetryBudget {
@@ -277,8 +285,8 @@ impl fmt::Debug for RetryBudget {
             .field("available", &self.available());
         if let Some(hosts) = &self.shared.hosts {
             debug
-                .field("hosts", &hosts.map.load().len())
-                .field("max_hosts", &hosts.max_hosts);
+                .field("hosts", &hosts.len())
+                .field("max_hosts", &hosts.max_hosts());
         }
         debug.finish()
     }
@@ -370,9 +378,7 @@ impl RetryBudgetBuilder {
         let reserve = i64::from(self.min_per_sec)
             .saturating_mul(self.window.as_secs() as i64)
             .saturating_mul(withdraw);
-        let slot_nanos = u64::try_from(self.window.as_nanos() / SLOTS as u128)
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let slot_nanos = slot_nanos(self.window);
         let terms = Terms {
             slot_nanos,
             deposit,
@@ -382,11 +388,7 @@ impl RetryBudgetBuilder {
         RetryBudget {
             shared: Arc::new(Shared {
                 bank: Bank::new(terms),
-                hosts: self.max_hosts.map(|max_hosts| Hosts {
-                    map: ArcSwap::from_pointee(HashMap::new()),
-                    grow: Mutex::new(()),
-                    max_hosts,
-                }),
+                hosts: self.max_hosts.map(Hosts::new),
                 ratio: self.ratio,
                 min_per_sec: self.min_per_sec,
                 window: self.window,
@@ -395,46 +397,44 @@ impl RetryBudgetBuilder {
     }
 }
 
-impl Hosts {
-    /// Runs `op` on the bank of `uri`'s authority. `create` says whether an
-    /// unseen host gets a bank of its own (deposits and withdrawals) or is
-    /// looked at through a fresh one (`available_for`).
-    fn with_bank<R>(&self, overflow: &Bank, uri: &Uri, create: bool, op: fn(&Bank) -> R) -> R {
-        let Some(key) = host_key(uri) else {
-            return op(overflow);
-        };
-        if let Some(bank) = self.map.load().get(&*key) {
-            return op(bank);
-        }
-        if !create {
-            let full = self.map.load().len() >= self.max_hosts;
-            return if full {
-                op(overflow)
-            } else {
-                op(&Bank::new(overflow.terms))
-            };
-        }
-        match self.insert(overflow, key) {
-            Some(bank) => op(&bank),
-            None => op(overflow),
+impl<V: Evictable> Hosts<V> {
+    pub(crate) fn new(max_hosts: usize) -> Self {
+        Hosts {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(()),
+            max_hosts,
         }
     }
 
-    /// Adds a bank for a new host; `None` when the map is full of hosts
-    /// active within the window.
-    fn insert(&self, overflow: &Bank, key: Cow<'_, str>) -> Option<Arc<Bank>> {
+    /// Runs `op` on the entry of `key`, if there is one.
+    pub(crate) fn find<R>(&self, key: &str, op: impl FnOnce(&Arc<V>) -> R) -> Option<R> {
+        self.map.load().get(key).map(op)
+    }
+
+    /// How many hosts have an entry.
+    pub(crate) fn len(&self) -> usize {
+        self.map.load().len()
+    }
+
+    pub(crate) fn max_hosts(&self) -> usize {
+        self.max_hosts
+    }
+
+    /// Adds an entry made by `make` for a new host; `None` when the map is
+    /// full of hosts active within their window.
+    pub(crate) fn insert(&self, key: Cow<'_, str>, make: impl FnOnce(&str) -> V) -> Option<Arc<V>> {
         // A poisoned lock only means another thread panicked while copying
         // the map; the published map is still whole.
         let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.map.load_full();
-        if let Some(bank) = current.get(&*key) {
-            return Some(bank.clone());
+        if let Some(entry) = current.get(&*key) {
+            return Some(entry.clone());
         }
-        let mut next: HashMap<Box<str>, Arc<Bank>> = if current.len() >= self.max_hosts {
+        let mut next: HashMap<Box<str>, Arc<V>> = if current.len() >= self.max_hosts {
             current
                 .iter()
-                .filter(|(_, bank)| !bank.is_idle())
-                .map(|(k, bank)| (k.clone(), bank.clone()))
+                .filter(|(_, entry)| !entry.is_idle())
+                .map(|(k, entry)| (k.clone(), entry.clone()))
                 .collect()
         } else {
             (*current).clone()
@@ -442,16 +442,42 @@ impl Hosts {
         if next.len() >= self.max_hosts {
             return None;
         }
-        let bank = Arc::new(Bank::new(overflow.terms));
-        next.insert(key.into_owned().into_boxed_str(), bank.clone());
+        let entry = Arc::new(make(&key));
+        next.insert(key.into_owned().into_boxed_str(), entry.clone());
         self.map.store(Arc::new(next));
-        Some(bank)
+        Some(entry)
+    }
+}
+
+impl Hosts<Bank> {
+    /// Runs `op` on the bank of `uri`'s authority. `create` says whether an
+    /// unseen host gets a bank of its own (deposits and withdrawals) or is
+    /// looked at through a fresh one (`available_for`).
+    fn with_bank<R>(&self, overflow: &Bank, uri: &Uri, create: bool, op: fn(&Bank) -> R) -> R {
+        let Some(key) = host_key(uri) else {
+            return op(overflow);
+        };
+        if let Some(result) = self.find(&key, |bank| op(bank)) {
+            return result;
+        }
+        if !create {
+            let full = self.len() >= self.max_hosts;
+            return if full {
+                op(overflow)
+            } else {
+                op(&Bank::new(overflow.terms))
+            };
+        }
+        match self.insert(key, |_| Bank::new(overflow.terms)) {
+            Some(bank) => op(&bank),
+            None => op(overflow),
+        }
     }
 }
 
 /// The authority of `uri` without user info, in lower case; borrowed unless
 /// the URI spells the host with capitals.
-fn host_key(uri: &Uri) -> Option<Cow<'_, str>> {
+pub(crate) fn host_key(uri: &Uri) -> Option<Cow<'_, str>> {
     let authority = uri.authority()?.as_str();
     let host = authority
         .rsplit_once('@')
@@ -464,6 +490,29 @@ fn host_key(uri: &Uri) -> Option<Cow<'_, str>> {
 }
 
 impl Bank {
+    /// A plain event counter over `window`: each [`deposit`](Self::deposit)
+    /// adds one, [`total`](Self::total) counts those within the window.
+    pub(crate) fn counter(window: Duration) -> Bank {
+        Bank::new(Terms {
+            slot_nanos: slot_nanos(window),
+            deposit: 1,
+            withdraw: 1,
+            reserve: 0,
+        })
+    }
+
+    /// The live slots' total.
+    pub(crate) fn total(&self) -> i64 {
+        self.sum(self.epoch(), None)
+    }
+
+    /// Forgets everything deposited so far.
+    pub(crate) fn clear(&self) {
+        for slot in &self.slots {
+            slot.store(0, Ordering::Release);
+        }
+    }
+
     fn new(terms: Terms) -> Bank {
         Bank {
             terms,
@@ -480,7 +529,7 @@ impl Bank {
         (nanos / self.terms.slot_nanos) as u32 & EPOCH_MASK
     }
 
-    fn deposit(&self) {
+    pub(crate) fn deposit(&self) {
         let amount = self.terms.deposit;
         if amount == 0 {
             return;
@@ -570,7 +619,9 @@ impl Bank {
             .map(|(_, slot)| live_value(slot.load(Ordering::Acquire), epoch))
             .fold(0i64, i64::saturating_add)
     }
+}
 
+impl Evictable for Bank {
     /// No slot was written within the window.
     fn is_idle(&self) -> bool {
         let epoch = self.epoch();
@@ -578,6 +629,13 @@ impl Bank {
             .iter()
             .all(|slot| !is_live(slot.load(Ordering::Acquire), epoch))
     }
+}
+
+/// One slot's share of `window`, in nanoseconds.
+fn slot_nanos(window: Duration) -> u64 {
+    u64::try_from(window.as_nanos() / SLOTS as u128)
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn is_live(word: u64, epoch: u32) -> bool {

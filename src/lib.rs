@@ -17,6 +17,10 @@
 //! - [`Once`]: the same stores for work outside HTTP (a queue consumer, a
 //!   job): a closure runs at most once per key, and duplicates get its
 //!   stored value.
+//! - [`CircuitBreakerLayer`]: stops sending to a host that is down, judged by
+//!   the same [`Classifier`] as the retry layer, and lets probes find out
+//!   when it is back; under [`RetryLayer`], a refused call waits for the probe
+//!   when its deadline allows.
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`
@@ -101,6 +105,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod circuit;
 pub mod classify;
 pub mod idempotency;
 pub mod idempotency_key;
@@ -111,6 +116,7 @@ mod time;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
+pub use circuit::{BreakerState, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -160,3 +160,57 @@ async fn consumer_on_redis() {
         assert!(out.contains(expected), "{expected:?} missing:\n{out}");
     }
 }
+
+/// The demo with a hard outage: the breaker cuts the attempts to its probes
+/// and lets traffic back within one break once the API is up.
+#[tokio::test]
+async fn outage_hard_outage() {
+    let svg = std::env::temp_dir().join(format!("tower-reissue-hard-{}.svg", std::process::id()));
+    let svg_arg = svg.to_string_lossy().into_owned();
+    let out = run(
+        "outage",
+        &[
+            "--ops",
+            "400",
+            "--duration",
+            "6",
+            "--hard-outage",
+            "6",
+            "--json",
+            "--quiet",
+            "--svg",
+            &svg_arg,
+        ],
+    )
+    .await;
+    let clients: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let client = |label: &str| {
+        clients
+            .iter()
+            .find(|c| c["client"] == label)
+            .unwrap_or_else(|| panic!("no {label}:\n{out}"))
+    };
+    let (plain, breaker) = (client("tower-reissue"), client("tower-reissue + breaker"));
+    for c in [plain, breaker] {
+        assert_eq!(c["duplicates"], 0, "{out}");
+        assert_eq!(c["lost"], 0, "{out}");
+    }
+    // The demo breaks for 1 s, then 2 s after a failed probe: one probe per
+    // break, at most two per interval.
+    let after_open = breaker["attempts_after_breaker_opened"].as_u64().unwrap();
+    let intervals = breaker["break_intervals_after_opening"].as_u64().unwrap();
+    assert!(after_open <= 2 * intervals, "{out}");
+    let with = breaker["attempts_during_hard_outage"].as_u64().unwrap();
+    let without = plain["attempts_during_hard_outage"].as_u64().unwrap();
+    assert!(with * 5 < without, "the breaker cuts the load:\n{out}");
+    let back = breaker["recovered_after_ms"].as_u64().unwrap();
+    assert!(back <= 2000, "back within one break after recovery:\n{out}");
+
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    assert_eq!(chart.matches("<polyline").count(), 4, "four series");
+    assert!(chart.contains("hard outage"), "the outage is marked");
+    let _ = std::fs::remove_file(svg);
+}

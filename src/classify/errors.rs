@@ -1,6 +1,7 @@
 use std::error::Error as StdError;
 use std::io;
 
+use super::open::CircuitOpen;
 use super::{Processed, Verdict};
 use crate::retry::{AttemptTimedOut, DeadlineExceeded};
 
@@ -10,6 +11,8 @@ use crate::retry::{AttemptTimedOut, DeadlineExceeded};
 /// - connect errors (hyper-util's legacy client, reqwest), connection refused,
 ///   DNS failures, HTTP/2 `REFUSED_STREAM`, a graceful HTTP/2 `GOAWAY`, and
 ///   hyper's "canceled before it was sent": `Transient`, processed `No`;
+/// - [`CircuitOpen`]: `Transient`, processed `No`, `retry_after` the time
+///   left in the break;
 /// - timeouts, resets, aborted or closed connections, incomplete messages:
 ///   `Transient`, processed `Maybe`;
 /// - anything else: `Permanent`.
@@ -31,6 +34,12 @@ use crate::retry::{AttemptTimedOut, DeadlineExceeded};
 pub fn classify_error(error: &(dyn StdError + 'static)) -> Verdict {
     let mut next = Some(error);
     while let Some(err) = next {
+        if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+            return Verdict::Transient {
+                processed: Processed::No,
+                retry_after: Some(open.retry_after()),
+            };
+        }
         if let Some(processed) = recognise(err) {
             return Verdict::transient(processed);
         }

@@ -21,6 +21,7 @@
 //! | connect error, connection refused, DNS failure | `Transient`, processed `No` |
 //! | HTTP/2 `REFUSED_STREAM`, graceful `GOAWAY`, request canceled before it was sent | `Transient`, processed `No` |
 //! | timeout, connection reset or closed mid-exchange | `Transient`, processed `Maybe` |
+//! | [`CircuitOpen`](crate::circuit::CircuitOpen) (refused by an open breaker) | `Transient`, processed `No`, `retry_after` = time left in the break |
 //! | any other error | `Permanent` |
 //! | on a 4xx/5xx: `x-should-retry: false` / `Stripe-Should-Retry: false` | `Permanent` (overrides) |
 //! | on a 4xx/5xx: `x-should-retry: true` / `Stripe-Should-Retry: true` | `Transient` (overrides) |
@@ -31,6 +32,9 @@
 
 mod default;
 mod errors;
+// Below both the classifier and the breaker, so that imports point down;
+// public as `circuit::CircuitOpen`.
+pub(crate) mod open;
 mod retry_after;
 
 pub use default::{DefaultClassifier, DelayUnit};
