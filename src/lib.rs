@@ -99,6 +99,7 @@
 pub mod backoff;
 pub mod budget;
 pub mod classify;
+pub mod dead_letter;
 pub mod idempotency;
 pub mod idempotency_key;
 pub mod request;
