@@ -27,8 +27,13 @@
 //! a SQLite file, durable on one machine and inspectable with `sqlite3`.
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryQueue;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteQueue;
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;

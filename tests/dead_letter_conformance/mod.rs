@@ -527,3 +527,80 @@ async fn purge_removes_only_old_finished_entries<Q: DeadLetterQueue>(queue: &Q) 
     assert_eq!(queue.counts().await.unwrap().total(), 2);
     assert_eq!(queue.purge(cutoff).await.unwrap(), 0);
 }
+
+/// Two handles on one shared queue, used in turn for each call: what one
+/// writes, the other must see, and leases taken through both never overlap.
+#[derive(Clone)]
+pub struct Either<Q> {
+    handles: std::sync::Arc<(Q, Q)>,
+    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<Q: DeadLetterQueue> Either<Q> {
+    pub fn new(a: Q, b: Q) -> Self {
+        Either {
+            handles: std::sync::Arc::new((a, b)),
+            turn: Default::default(),
+        }
+    }
+
+    fn next(&self) -> &Q {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if turn % 2 == 0 {
+            &self.handles.0
+        } else {
+            &self.handles.1
+        }
+    }
+}
+
+impl<Q: DeadLetterQueue> DeadLetterQueue for Either<Q> {
+    async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
+        self.next().push(request).await
+    }
+    async fn lease(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<tower_reissue::dead_letter::Lease>, QueueError> {
+        self.next().lease(max, lease).await
+    }
+    async fn complete(
+        &self,
+        id: DeadLetterId,
+        token: tower_reissue::dead_letter::LeaseToken,
+        status: StatusCode,
+    ) -> Result<(), QueueError> {
+        self.next().complete(id, token, status).await
+    }
+    async fn fail(
+        &self,
+        id: DeadLetterId,
+        token: tower_reissue::dead_letter::LeaseToken,
+        outcome: AttemptOutcome,
+        retry_in: Duration,
+    ) -> Result<(), QueueError> {
+        self.next().fail(id, token, outcome, retry_in).await
+    }
+    async fn discard(&self, id: DeadLetterId) -> Result<(), QueueError> {
+        self.next().discard(id).await
+    }
+    async fn get(
+        &self,
+        id: DeadLetterId,
+    ) -> Result<Option<tower_reissue::dead_letter::DeadLetter>, QueueError> {
+        self.next().get(id).await
+    }
+    async fn page(
+        &self,
+        query: &PageQuery,
+    ) -> Result<tower_reissue::dead_letter::Page, QueueError> {
+        self.next().page(query).await
+    }
+    async fn counts(&self) -> Result<tower_reissue::dead_letter::Counts, QueueError> {
+        self.next().counts().await
+    }
+    async fn purge(&self, before: SystemTime) -> Result<u64, QueueError> {
+        self.next().purge(before).await
+    }
+}
