@@ -27,10 +27,14 @@
 //! a SQLite file, durable on one machine and inspectable with `sqlite3`.
 
 mod memory;
+mod replayer;
+mod sink;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryQueue;
+pub use replayer::{DrainReport, ReplayOf, Replayer};
+pub use sink::DeadLetters;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteQueue;
