@@ -89,7 +89,80 @@ pub struct SqliteQueue {
     path: PathBuf,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Work for the queue's thread.
+enum Job {
+    /// Pushes are committed in groups: the pushes waiting together share one
+    /// transaction, so a burst of give-ups costs one write to disk, not one
+    /// each.
+    Push(FailedRequest, Reply<DeadLetterId>),
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, QueueError>>;
+
+/// The most pushes committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// Runs jobs in order until every clone of the queue is gone.
+fn serve(mut conn: Connection, inbox: mpsc::Receiver<Job>) {
+    let mut next = inbox.recv().ok();
+    while let Some(job) = next.take() {
+        match job {
+            Job::Run(job) => job(&mut conn),
+            Job::Push(request, reply) => {
+                let mut group = vec![(request, reply)];
+                while group.len() < MAX_GROUP {
+                    match inbox.try_recv() {
+                        Ok(Job::Push(request, reply)) => group.push((request, reply)),
+                        // Taken next, after the group: order is kept.
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                push_group(&mut conn, group);
+            }
+        }
+        if next.is_none() {
+            next = inbox.recv().ok();
+        }
+    }
+}
+
+/// Inserts each request of the group in one transaction. A failed insert
+/// fails only its own push (SQLite undoes just that statement); a failed
+/// commit fails them all.
+fn push_group(conn: &mut Connection, group: Vec<(FailedRequest, Reply<DeadLetterId>)>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => {
+            let error = error.to_string();
+            for (_, reply) in group {
+                let _ = reply.send(Err(QueueError::unavailable(error.clone())));
+            }
+            return;
+        }
+    };
+    let results: Vec<_> = group
+        .into_iter()
+        .map(|(request, reply)| (insert(&tx, &request), reply))
+        .collect();
+    match tx.commit() {
+        Ok(()) => {
+            for (result, reply) in results {
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            let error = error.to_string();
+            for (_, reply) in results {
+                let _ = reply.send(Err(QueueError::unavailable(error.clone())));
+            }
+        }
+    }
+}
 
 impl fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,20 +190,13 @@ impl SqliteQueue {
         let file = path.clone();
         std::thread::Builder::new()
             .name("reissue-sqlite".into())
-            .spawn(move || {
-                let mut conn = match open_connection(&file) {
-                    Ok(conn) => {
-                        let _ = opened.send(Ok(()));
-                        conn
-                    }
-                    Err(error) => {
-                        let _ = opened.send(Err(error));
-                        return;
-                    }
-                };
-                // Ends when every clone of the queue is gone.
-                for job in inbox {
-                    job(&mut conn);
+            .spawn(move || match open_connection(&file) {
+                Ok(conn) => {
+                    let _ = opened.send(Ok(()));
+                    serve(conn, inbox);
+                }
+                Err(error) => {
+                    let _ = opened.send(Err(error));
                 }
             })
             .map_err(QueueError::unavailable)?;
@@ -152,10 +218,22 @@ impl SqliteQueue {
         F: FnOnce(&mut Connection) -> Result<T, QueueError> + Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move |conn| {
+        self.send(
+            Job::Run(Box::new(move |conn| {
                 let _ = answer.send(job(conn));
-            }))
+            })),
+            answered,
+        )
+        .await
+    }
+
+    async fn send<T>(
+        &self,
+        job: Job,
+        answered: tokio::sync::oneshot::Receiver<Result<T, QueueError>>,
+    ) -> Result<T, QueueError> {
+        self.jobs
+            .send(job)
             .map_err(|_| QueueError::unavailable("the SQLite thread has stopped"))?;
         answered
             .await
@@ -431,7 +509,8 @@ impl SqliteQueue {
 
 impl DeadLetterQueue for SqliteQueue {
     async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
-        self.run(move |conn| insert(conn, &request)).await
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        self.send(Job::Push(request, reply), answered).await
     }
 
     async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {
