@@ -507,6 +507,21 @@ impl SqliteQueue {
     }
 }
 
+/// The number of entries per value of `column` (an indexed one).
+fn count_by(conn: &Connection, column: &str) -> Result<Vec<(String, u64)>, QueueError> {
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {column}, COUNT(*) FROM dead_letters GROUP BY {column}"
+        ))
+        .map_err(unavailable)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+        })
+        .map_err(unavailable)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(unavailable)
+}
+
 impl DeadLetterQueue for SqliteQueue {
     async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
         let (reply, answered) = tokio::sync::oneshot::channel();
@@ -683,30 +698,10 @@ impl DeadLetterQueue for SqliteQueue {
     async fn counts(&self) -> Result<Counts, QueueError> {
         self.run(|conn| {
             let mut counts = Counts::default();
-            let mut statement = conn
-                .prepare_cached("SELECT state, COUNT(*) FROM dead_letters GROUP BY state")
-                .map_err(unavailable)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(unavailable)?;
-            for row in rows {
-                let (state, n) = row.map_err(unavailable)?;
-                counts.by_state.insert(state.parse()?, n as u64);
+            for (state, n) in count_by(conn, "state")? {
+                counts.by_state.insert(state.parse()?, n);
             }
-            let mut statement = conn
-                .prepare_cached("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason")
-                .map_err(unavailable)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(unavailable)?;
-            for row in rows {
-                let (reason, n) = row.map_err(unavailable)?;
-                counts.by_reason.insert(reason, n as u64);
-            }
+            counts.by_reason = count_by(conn, "reason")?.into_iter().collect();
             Ok(counts)
         })
         .await
