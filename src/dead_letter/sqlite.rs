@@ -94,7 +94,7 @@ enum Job {
     /// Pushes are committed in groups: the pushes waiting together share one
     /// transaction, so a burst of give-ups costs one write to disk, not one
     /// each.
-    Push(FailedRequest, Reply<DeadLetterId>),
+    Push(Box<FailedRequest>, Reply<DeadLetterId>),
     Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
@@ -134,7 +134,7 @@ fn serve(mut conn: Connection, inbox: mpsc::Receiver<Job>) {
 /// Inserts each request of the group in one transaction. A failed insert
 /// fails only its own push (SQLite undoes just that statement); a failed
 /// commit fails them all.
-fn push_group(conn: &mut Connection, group: Vec<(FailedRequest, Reply<DeadLetterId>)>) {
+fn push_group(conn: &mut Connection, group: Vec<(Box<FailedRequest>, Reply<DeadLetterId>)>) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(error) => {
@@ -525,7 +525,8 @@ fn count_by(conn: &Connection, column: &str) -> Result<Vec<(String, u64)>, Queue
 impl DeadLetterQueue for SqliteQueue {
     async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
         let (reply, answered) = tokio::sync::oneshot::channel();
-        self.send(Job::Push(request, reply), answered).await
+        self.send(Job::Push(Box::new(request), reply), answered)
+            .await
     }
 
     async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {
