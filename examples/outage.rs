@@ -12,7 +12,8 @@
 //! - a naive loop: 10 attempts, fixed delay, every 5xx retried, a new request
 //!   each time;
 //! - tower-reissue: `IdempotencyKeyLayer` + `RetryLayer` with a budget;
-//!   operations it gives up on are dead-lettered with their key and replayed
+//!   operations it gives up on are parked in a `SqliteQueue` (a file under
+//!   `target/`) with their key and body, and a `Replayer` sends them again
 //!   once the API has recovered.
 //!
 //! With `--hard-outage SECS`, the incident is followed by SECS seconds where
@@ -41,8 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_reissue::circuit::{BreakerState, CircuitBreakerLayer};
+use tower_reissue::dead_letter::{DeadLetterQueue, Replayer, SqliteQueue};
+use tower_reissue::retry::GiveUpReason;
 use tower_reissue::{
     Attempts, Backoff, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody, RetryBudget,
     RetryLayer,
@@ -70,6 +73,10 @@ struct Args {
     /// Where to write the attempts-per-second chart.
     #[arg(long, default_value = "target/outage.svg")]
     svg: PathBuf,
+    /// The SQLite file of tower-reissue's dead-letter queue (started afresh;
+    /// the breaker client of `--hard-outage` uses a second file beside it).
+    #[arg(long, default_value = "target/outage-dead-letters.sqlite")]
+    dead_letters: PathBuf,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -408,7 +415,8 @@ struct Outcomes {
     succeeded: u64,
     failed: u64,
     latencies: Vec<Duration>,
-    dead_letters: Vec<(u64, String)>,
+    /// Give-ups the retry layer parked in the dead-letter queue.
+    parked: u64,
     attempts: u64,
     /// When the breaker opened, from the start (breaker client only).
     opened: Vec<Duration>,
@@ -443,11 +451,12 @@ async fn run_client(
     addr: SocketAddr,
     start: Instant,
     bar: ProgressBar,
+    queue: SqliteQueue,
 ) -> Outcomes {
     let plain: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let dead_letters: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-    let sink = dead_letters.clone();
+    let parked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = parked.clone();
     let opened: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let breaker = (kind == Kind::Breaker).then(|| demo_breaker(start, opened.clone()));
     let reissue = ServiceBuilder::new()
@@ -460,14 +469,11 @@ async fn run_client(
                     Duration::from_secs(2),
                 ))
                 .budget(RetryBudget::new(0.2))
+                // Parked with key and body, to replay once the API is back.
+                .dead_letters(queue)
                 .on_give_up(move |event| {
-                    // The dead-letter queue: enough to replay it later,
-                    // with the same key, once the API is back.
-                    if let (Some(op), Some(key)) = (
-                        op_id(event.request.headers()),
-                        event.request.idempotency_key(),
-                    ) {
-                        sink.lock().unwrap().push((op, key.to_owned()));
+                    if event.reason != GiveUpReason::Permanent {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }),
         )
@@ -515,7 +521,7 @@ async fn run_client(
     }
     bar.finish();
     let mut outcomes = std::mem::take(&mut *results.lock().unwrap());
-    outcomes.dead_letters = std::mem::take(&mut *dead_letters.lock().unwrap());
+    outcomes.parked = parked.load(std::sync::atomic::Ordering::Relaxed);
     outcomes.opened = std::mem::take(&mut *opened.lock().unwrap());
     outcomes
 }
@@ -611,24 +617,62 @@ fn client_json(
     json
 }
 
-/// Replays dead-lettered operations with their original keys.
-async fn replay_dead_letters(addr: SocketAddr, dead: &[(u64, String)]) -> (u64, u64) {
-    let client = RetryLayer::new()
-        .max_attempts(5)
-        .layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
-    let mut recovered = 0;
-    let mut still_failing = 0;
-    for (op, key) in dead {
-        let mut request = op_request(addr, *op);
-        request
-            .headers_mut()
-            .insert("idempotency-key", key.parse().unwrap());
-        match client.clone().oneshot(request).await {
-            Ok(r) if r.status().is_success() => recovered += 1,
-            _ => still_failing += 1,
-        }
+/// Opens a dead-letter queue on a fresh file.
+async fn fresh_queue(path: &std::path::Path) -> Result<SqliteQueue, BoxError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    (recovered, still_failing)
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(SqliteQueue::open(path).await?)
+}
+
+/// The queue file of one client: the breaker client's sits beside the
+/// plain client's, so that each replays and counts only its own.
+fn queue_path(args: &Args, kind: Kind) -> PathBuf {
+    match kind {
+        Kind::Breaker => {
+            let stem = args.dead_letters.file_stem().unwrap_or_default().to_string_lossy();
+            args.dead_letters.with_file_name(format!("{stem}-breaker.sqlite"))
+        }
+        _ => args.dead_letters.clone(),
+    }
+}
+
+/// Replays the parked operations through the same client stack, keys and
+/// bodies as stored; returns (replayed, still failing).
+async fn replay_dead_letters(
+    queue: &SqliteQueue,
+    parked: u64,
+    verbose: bool,
+) -> Result<(u64, u64), BoxError> {
+    // The pushes run on tasks of their own; wait until every one has landed.
+    while queue.counts().await?.total() < parked {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if verbose {
+        println!(
+            "dead-letter queue {}: {}",
+            queue.path().display(),
+            queue.counts().await?
+        );
+    }
+    let client = ServiceBuilder::new()
+        .layer(IdempotencyKeyLayer::new())
+        .layer(RetryLayer::new().max_attempts(5))
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let report = Replayer::new(queue.clone(), client)
+        .concurrency(8)
+        .rate(500, Duration::from_secs(1))
+        .drain(std::future::pending())
+        .await?;
+    if verbose {
+        println!("after the replay:  {}", queue.counts().await?);
+    }
+    Ok((report.replayed, report.failed + report.not_replayable))
 }
 
 // ---------------------------------------------------------------------------
@@ -833,8 +877,12 @@ async fn main() -> Result<(), BoxError> {
     let style = ProgressStyle::with_template("{prefix:>30} [{bar:40}] {pos:>5}/{len:5} {msg}")
         .unwrap()
         .progress_chars("=> ");
+    let mut queues = Vec::new();
+    for kind in &kinds {
+        queues.push(fresh_queue(&queue_path(&args, *kind)).await?);
+    }
     let mut handles = Vec::new();
-    for (kind, (addr, _)) in kinds.iter().zip(&apis) {
+    for ((kind, (addr, _)), queue) in kinds.iter().zip(&apis).zip(&queues) {
         let bar = bars.add(ProgressBar::new(args.ops as u64));
         bar.set_style(style.clone());
         bar.set_prefix(kind.label());
@@ -844,6 +892,7 @@ async fn main() -> Result<(), BoxError> {
             *addr,
             start,
             bar,
+            queue.clone(),
         )));
     }
     let mut outcomes = Vec::new();
@@ -862,10 +911,10 @@ async fn main() -> Result<(), BoxError> {
     }
     // Dead letters are replayed before anything is counted as lost.
     let mut replays = Vec::new();
-    for ((kind, (addr, _)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
+    for ((kind, queue), outcome) in kinds.iter().zip(&queues).zip(&outcomes) {
         replays.push(match kind {
             Kind::Reissue | Kind::Breaker => {
-                Some(replay_dead_letters(*addr, &outcome.dead_letters).await)
+                Some(replay_dead_letters(queue, outcome.parked, !args.json).await?)
             }
             _ => None,
         });
@@ -947,7 +996,7 @@ fn report(
         println!(
             "{label}: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
             api.duplicates(),
-            outcomes[i].dead_letters.len(),
+            outcomes[i].parked,
             recovered,
             still,
             lost(api),

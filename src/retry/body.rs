@@ -65,6 +65,20 @@ struct State<B> {
     failed: bool,
 }
 
+impl<B> State<B> {
+    /// Whether the copy is still kept: the body was neither over the limit
+    /// nor failed.
+    fn copy_kept(&self, limit: usize) -> Result<(), NotReplayable> {
+        if self.over_limit {
+            return Err(NotReplayable::TooLarge { limit });
+        }
+        if self.failed {
+            return Err(NotReplayable::BodyFailed);
+        }
+        Ok(())
+    }
+}
+
 impl<B> Shared<B> {
     fn lock(&self) -> MutexGuard<'_, State<B>> {
         // A panic while holding the lock cannot leave the state half-written
@@ -126,14 +140,7 @@ impl<B: Body> ReplayBody<B> {
         };
         {
             let state = shared.lock();
-            if state.over_limit {
-                return Err(NotReplayable::TooLarge {
-                    limit: shared.limit,
-                });
-            }
-            if state.failed {
-                return Err(NotReplayable::BodyFailed);
-            }
+            state.copy_kept(shared.limit)?;
             if !state.complete && state.rest.is_none() {
                 return Err(NotReplayable::InUse);
             }
@@ -149,6 +156,23 @@ impl<B: Body> ReplayBody<B> {
     /// Whether [`replay`](ReplayBody::replay) would succeed now.
     pub fn is_replayable(&self) -> Result<(), NotReplayable> {
         self.replay().map(drop)
+    }
+
+    /// The whole body as the copy kept it (without trailers), for a dead
+    /// letter: only a body read to its end within the limit is known.
+    pub(crate) fn kept_bytes(&self) -> Result<Bytes, NotReplayable> {
+        let Some(shared) = &self.shared else {
+            return Ok(Bytes::new());
+        };
+        let state = shared.lock();
+        state.copy_kept(shared.limit)?;
+        if !state.complete {
+            return Err(NotReplayable::InUse);
+        }
+        Ok(match state.chunks.as_slice() {
+            [one] => one.clone(),
+            chunks => chunks.concat().into(),
+        })
     }
 }
 
