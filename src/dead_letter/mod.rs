@@ -24,12 +24,18 @@
 //!
 //! [`MemoryQueue`] keeps entries in this process (tests, or where losing them
 //! on restart is acceptable); `SqliteQueue` (feature `sqlite`) keeps them in
-//! a SQLite file, durable on one machine and inspectable with `sqlite3`.
+//! a SQLite file, durable on one machine and inspectable with `sqlite3`;
+//! `RedisQueue` (feature `redis`) is shared by every instance using one Redis.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisQueue;
 pub use memory::MemoryQueue;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
