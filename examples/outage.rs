@@ -12,7 +12,8 @@
 //! - a naive loop: 10 attempts, fixed delay, every 5xx retried, a new request
 //!   each time;
 //! - tower-reissue: `IdempotencyKeyLayer` + `RetryLayer` with a budget;
-//!   operations it gives up on are dead-lettered with their key and replayed
+//!   operations it gives up on are parked in a `SqliteQueue` (a file under
+//!   `target/`) with their key and body, and a `Replayer` sends them again
 //!   once the API has recovered.
 //!
 //! Run: `cargo run --example outage` (add `-- --help` for the knobs).
@@ -36,7 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_reissue::dead_letter::{DeadLetterQueue, Replayer, SqliteQueue};
+use tower_reissue::retry::GiveUpReason;
 use tower_reissue::{
     Attempts, Backoff, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody, RetryBudget,
     RetryLayer,
@@ -64,6 +67,9 @@ struct Args {
     /// Where to write the attempts-per-second chart.
     #[arg(long, default_value = "target/outage.svg")]
     svg: PathBuf,
+    /// The SQLite file of tower-reissue's dead-letter queue (started afresh).
+    #[arg(long, default_value = "target/outage-dead-letters.sqlite")]
+    dead_letters: PathBuf,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -324,7 +330,8 @@ struct Outcomes {
     succeeded: u64,
     failed: u64,
     latencies: Vec<Duration>,
-    dead_letters: Vec<(u64, String)>,
+    /// Give-ups the retry layer parked in the dead-letter queue.
+    parked: u64,
     attempts: u64,
 }
 
@@ -355,11 +362,12 @@ async fn run_client(
     addr: SocketAddr,
     start: Instant,
     bar: ProgressBar,
+    queue: SqliteQueue,
 ) -> Outcomes {
     let plain: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let dead_letters: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-    let sink = dead_letters.clone();
+    let parked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = parked.clone();
     let reissue = ServiceBuilder::new()
         .layer(IdempotencyKeyLayer::new())
         .layer(
@@ -370,14 +378,11 @@ async fn run_client(
                     Duration::from_secs(2),
                 ))
                 .budget(RetryBudget::new(0.2))
+                // Parked with key and body, to replay once the API is back.
+                .dead_letters(queue)
                 .on_give_up(move |event| {
-                    // The dead-letter queue: enough to replay it later,
-                    // with the same key, once the API is back.
-                    if let (Some(op), Some(key)) = (
-                        op_id(event.request.headers()),
-                        event.request.idempotency_key(),
-                    ) {
-                        sink.lock().unwrap().push((op, key.to_owned()));
+                    if event.reason != GiveUpReason::Permanent {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }),
         )
@@ -422,28 +427,46 @@ async fn run_client(
     }
     bar.finish();
     let mut outcomes = std::mem::take(&mut *results.lock().unwrap());
-    outcomes.dead_letters = std::mem::take(&mut *dead_letters.lock().unwrap());
+    outcomes.parked = parked.load(std::sync::atomic::Ordering::Relaxed);
     outcomes
 }
 
-/// Replays dead-lettered operations with their original keys.
-async fn replay_dead_letters(addr: SocketAddr, dead: &[(u64, String)]) -> (u64, u64) {
-    let client = RetryLayer::new()
-        .max_attempts(5)
-        .layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
-    let mut recovered = 0;
-    let mut still_failing = 0;
-    for (op, key) in dead {
-        let mut request = op_request(addr, *op);
-        request
-            .headers_mut()
-            .insert("idempotency-key", key.parse().unwrap());
-        match client.clone().oneshot(request).await {
-            Ok(r) if r.status().is_success() => recovered += 1,
-            _ => still_failing += 1,
-        }
+/// Opens the demo's dead-letter queue on a fresh file.
+async fn fresh_queue(path: &std::path::Path) -> Result<SqliteQueue, BoxError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    (recovered, still_failing)
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(SqliteQueue::open(path).await?)
+}
+
+/// Replays the parked operations through the same client stack, keys and
+/// bodies as stored; returns (replayed, still failing).
+async fn replay_dead_letters(queue: &SqliteQueue, parked: u64) -> Result<(u64, u64), BoxError> {
+    // The pushes run on tasks of their own; wait until every one has landed.
+    while queue.counts().await?.total() < parked {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "dead-letter queue {}: {}",
+        queue.path().display(),
+        queue.counts().await?
+    );
+    let client = ServiceBuilder::new()
+        .layer(IdempotencyKeyLayer::new())
+        .layer(RetryLayer::new().max_attempts(5))
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let report = Replayer::new(queue.clone(), client)
+        .concurrency(8)
+        .rate(500, Duration::from_secs(1))
+        .drain(std::future::pending())
+        .await?;
+    println!("after the replay:  {}", queue.counts().await?);
+    Ok((report.replayed, report.failed + report.not_replayable))
 }
 
 // ---------------------------------------------------------------------------
@@ -599,6 +622,7 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     let kinds = [Kind::NoRetry, Kind::Naive, Kind::Reissue];
+    let queue = fresh_queue(&args.dead_letters).await?;
     let start = Instant::now() + Duration::from_millis(200);
     let mut apis = Vec::new();
     for (salt, _) in kinds.iter().enumerate() {
@@ -631,6 +655,7 @@ async fn main() -> Result<(), BoxError> {
             *addr,
             start,
             bar,
+            queue.clone(),
         )));
     }
     let mut outcomes = Vec::new();
@@ -679,13 +704,13 @@ async fn main() -> Result<(), BoxError> {
         apis[1].1.duplicates()
     );
 
-    let (addr, api) = &apis[2];
-    let dead = &outcomes[2].dead_letters;
-    let (recovered, still) = replay_dead_letters(*addr, dead).await;
+    let (_, api) = &apis[2];
+    let parked = outcomes[2].parked;
+    let (recovered, still) = replay_dead_letters(&queue, parked).await?;
     println!(
         "tower-reissue: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
         api.duplicates(),
-        dead.len(),
+        parked,
         recovered,
         still,
         lost(api),

@@ -76,6 +76,11 @@ async fn reqwest_client() {
 async fn outage() {
     let svg = std::env::temp_dir().join(format!("tower-reissue-outage-{}.svg", std::process::id()));
     let svg_arg = svg.to_string_lossy().into_owned();
+    let queue = std::env::temp_dir().join(format!(
+        "tower-reissue-outage-{}.sqlite",
+        std::process::id()
+    ));
+    let queue_arg = queue.to_string_lossy().into_owned();
     let out = run(
         "outage",
         &[
@@ -86,6 +91,8 @@ async fn outage() {
             "--quiet",
             "--svg",
             &svg_arg,
+            "--dead-letters",
+            &queue_arg,
         ],
     )
     .await;
@@ -119,6 +126,16 @@ async fn outage() {
     let naive_amplification: f64 = naive[4].parse().unwrap();
     assert!(amplification < naive_amplification, "{out}");
     assert!(out.contains("0 lost, 0 duplicates after replay"), "{out}");
+    // The parked operations were in the SQLite queue, and all got replayed.
+    assert!(out.contains("dead-letter queue "), "{out}");
+    assert!(
+        out.contains("after the replay:  pending 0, leased 0"),
+        "{out}"
+    );
+    assert!(queue.exists(), "the queue is a real file");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", queue.display()));
+    }
 
     let chart = std::fs::read_to_string(&svg).expect("the chart was written");
     assert_eq!(chart.matches("<polyline").count(), 3, "three series");

@@ -30,6 +30,8 @@
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod replayer;
+mod sink;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -37,6 +39,8 @@ mod sqlite;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisQueue;
 pub use memory::MemoryQueue;
+pub use replayer::{DrainReport, ReplayOf, Replayer};
+pub use sink::DeadLetters;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteQueue;

@@ -150,6 +150,30 @@ impl<B: Body> ReplayBody<B> {
     pub fn is_replayable(&self) -> Result<(), NotReplayable> {
         self.replay().map(drop)
     }
+
+    /// The whole body as the copy kept it (without trailers), for a dead
+    /// letter: only a body read to its end within the limit is known.
+    pub(crate) fn kept_bytes(&self) -> Result<Bytes, NotReplayable> {
+        let Some(shared) = &self.shared else {
+            return Ok(Bytes::new());
+        };
+        let state = shared.lock();
+        if state.over_limit {
+            return Err(NotReplayable::TooLarge {
+                limit: shared.limit,
+            });
+        }
+        if state.failed {
+            return Err(NotReplayable::BodyFailed);
+        }
+        if !state.complete {
+            return Err(NotReplayable::InUse);
+        }
+        Ok(match state.chunks.as_slice() {
+            [one] => one.clone(),
+            chunks => chunks.concat().into(),
+        })
+    }
 }
 
 impl<B> Body for ReplayBody<B>

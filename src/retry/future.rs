@@ -159,7 +159,15 @@ where
                         Ok(decided) => decided,
                         Err(reason) => {
                             if let Some(reason) = reason {
-                                give_up(this.config, request, *this.attempt, verdict, reason);
+                                let parked = (&*this.template, Some(&result));
+                                give_up(
+                                    this.config,
+                                    request,
+                                    *this.attempt,
+                                    verdict,
+                                    reason,
+                                    parked,
+                                );
                             }
                             if let Ok(response) = &mut result {
                                 response.extensions_mut().insert(Attempts(*this.attempt));
@@ -221,7 +229,9 @@ where
                             let attempts = *this.attempt - 1;
                             let request = this.template.view().with_attempt(attempts);
                             let reason = GiveUpReason::NotReplayable(why);
-                            give_up(this.config, request, attempts, *this.last_verdict, reason);
+                            let parked = (&*this.template, this.last.as_ref());
+                            let verdict = *this.last_verdict;
+                            give_up(this.config, request, attempts, verdict, reason, parked);
                             return Poll::Ready(
                                 this.last.take().unwrap_or_else(|| Err(why.into())),
                             );
@@ -311,12 +321,15 @@ fn retry_after_jitter(asked: Duration) -> Duration {
     crate::Backoff::exponential(bound, bound).delay(1, Duration::ZERO)
 }
 
-fn give_up<C>(
+/// `parked`: the request's template and last result, for the dead-letter
+/// queue.
+fn give_up<C, T: RequestTemplate, R: RetryResponse>(
     config: &RetryLayer<C>,
     request: RequestView<'_>,
     attempts: u32,
     verdict: Verdict,
     reason: GiveUpReason,
+    parked: (&T, Option<&Result<R, BoxError>>),
 ) {
     tracing::debug!(
         target: "tower_reissue::retry",
@@ -334,5 +347,8 @@ fn give_up<C>(
             verdict,
             reason,
         });
+    }
+    if let Some(sink) = &config.dead_letters {
+        sink.park(request, parked.0, attempts, reason, parked.1);
     }
 }

@@ -155,6 +155,31 @@ pub enum GiveUpReason {
     BudgetExhausted,
 }
 
+impl GiveUpReason {
+    /// A stable snake_case label, for metrics, logs and stored dead letters:
+    /// `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`,
+    /// `retry_after_too_long`, `deadline`, `budget_exhausted`.
+    ///
+    /// ```
+    /// use tower_reissue::retry::{GiveUpReason, NotReplayable};
+    /// assert_eq!(GiveUpReason::BudgetExhausted.as_str(), "budget_exhausted");
+    /// let too_large = GiveUpReason::NotReplayable(NotReplayable::TooLarge { limit: 1 });
+    /// assert_eq!(too_large.as_str(), "not_replayable");
+    /// ```
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GiveUpReason::Permanent => "permanent",
+            GiveUpReason::NotSafe => "not_safe",
+            GiveUpReason::Disabled => "disabled",
+            GiveUpReason::MaxAttempts => "max_attempts",
+            GiveUpReason::NotReplayable(_) => "not_replayable",
+            GiveUpReason::RetryAfterTooLong => "retry_after_too_long",
+            GiveUpReason::Deadline => "deadline",
+            GiveUpReason::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
 impl fmt::Display for GiveUpReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
