@@ -5,15 +5,15 @@
 //! loopback HTTP.
 //!
 //! The replayers are this test binary run again with `REPLAYER_CHILD` set
-//! (see [`replayer_child`]); they lease, send and complete through the
-//! queue's own API. Time is real: leases are kept by Redis's clock.
+//! (see [`replayer_child`]), each a `Replayer` sending through a hyper
+//! client. Time is real: leases are kept by Redis's clock.
 #![cfg(feature = "redis")]
 
 mod common;
 mod dead_letter_conformance;
 mod redis_server;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,13 +26,14 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use redis::AsyncCommands;
 use redis_server::RedisServer;
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
 use tower_reissue::dead_letter::{
-    AttemptOutcome, DeadLetterId, DeadLetterQueue, DeadLetterState, FailedRequest, KeptBody,
-    QueueError, RedisQueue, StateKind, from_millis, to_millis,
+    AttemptOutcome, Counts, DeadLetter, DeadLetterId, DeadLetterQueue, DeadLetterState,
+    FailedRequest, KeptBody, Lease, LeaseToken, Page, PageQuery, QueueError, RedisQueue, Replayer,
+    StateKind, from_millis, to_millis,
 };
 use tower_reissue::{IdempotencyLayer, MemoryStore};
 
@@ -134,17 +135,16 @@ async fn an_unreachable_redis_is_a_typed_error() {
 const CHILD: &str = "REPLAYER_CHILD";
 const CHILD_URL: &str = "REPLAYER_REDIS_URL";
 const CHILD_PREFIX: &str = "REPLAYER_PREFIX";
-const CHILD_LEASE_MS: &str = "REPLAYER_LEASE_MS";
-/// Entries each replayer leases at a time.
-const BATCH: usize = 5;
 /// How long a replayer's lease lasts: what the survivor waits out.
 const LEASE: Duration = Duration::from_millis(1000);
-const ENTRIES: u32 = 30;
-/// The request of replayer A during which it is killed.
-const KILLED_AT: usize = 3;
+/// Replays each replayer has in flight.
+const CONCURRENCY: usize = 3;
+const ENTRIES: u32 = 40;
+/// How many of A's replays are answered before A hangs and is killed.
+const A_ANSWERED: usize = 2;
 
 /// The server: sends an email per request, behind `IdempotencyLayer`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Mailer {
     /// Emails sent per idempotency key: the effects.
     sent: Arc<Mutex<HashMap<String, usize>>>,
@@ -153,10 +153,24 @@ struct Mailer {
     seen: Arc<Mutex<Vec<(String, String)>>>,
     /// Requests from replayer A that reached the handler.
     from_a: Arc<AtomicUsize>,
-    /// Signalled when A's `KILLED_AT`th request has had its effect.
-    mid_entry: Arc<Notify>,
-    /// Opened by the test once A is dead, so that request's answer is stored.
-    gate: Arc<Notify>,
+    /// A permit per request of A's held mid-entry (its email sent, its
+    /// answer not given).
+    held: Arc<Semaphore>,
+    /// Opened by the test once A is dead, so the held requests' answers are
+    /// stored.
+    gate: Arc<Semaphore>,
+}
+
+impl Default for Mailer {
+    fn default() -> Self {
+        Mailer {
+            sent: Arc::default(),
+            seen: Arc::default(),
+            from_a: Arc::default(),
+            held: Arc::new(Semaphore::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
 }
 
 fn header(headers: &HeaderMap, name: &str) -> String {
@@ -171,10 +185,10 @@ async fn send_email(State(mailer): State<Mailer>, headers: HeaderMap) -> impl In
     let key = header(&headers, "idempotency-key");
     *mailer.sent.lock().unwrap().entry(key.clone()).or_default() += 1;
     if header(&headers, "x-replayer") == "A"
-        && mailer.from_a.fetch_add(1, Ordering::SeqCst) + 1 == KILLED_AT
+        && mailer.from_a.fetch_add(1, Ordering::SeqCst) >= A_ANSWERED
     {
-        mailer.mid_entry.notify_one();
-        mailer.gate.notified().await;
+        mailer.held.add_permits(1);
+        let _open = mailer.gate.acquire().await.unwrap();
     }
     (StatusCode::CREATED, format!("sent {key}"))
 }
@@ -204,20 +218,19 @@ async fn serve(mailer: &Mailer) -> std::net::SocketAddr {
 }
 
 /// A replayer process: this binary running only [`replayer_child`].
-struct Replayer {
+struct ReplayerProcess {
     child: Child,
     /// `(id, lease end)` of every entry it leased, as it reported them.
     leased: std::sync::mpsc::Receiver<(DeadLetterId, SystemTime)>,
 }
 
-impl Replayer {
-    fn spawn(name: &str, url: &str, prefix: &str) -> Replayer {
+impl ReplayerProcess {
+    fn spawn(name: &str, url: &str, prefix: &str) -> ReplayerProcess {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["replayer_child", "--exact", "--nocapture"])
             .env(CHILD, name)
             .env(CHILD_URL, url)
             .env(CHILD_PREFIX, prefix)
-            .env(CHILD_LEASE_MS, LEASE.as_millis().to_string())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -234,7 +247,32 @@ impl Replayer {
                 }
             }
         });
-        Replayer { child, leased }
+        ReplayerProcess { child, leased }
+    }
+}
+
+impl ReplayerProcess {
+    /// Waits for the process to end by itself; panics if it has not in `limit`.
+    fn exit_within(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replayer did not finish within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ReplayerProcess {
+    /// A failing test leaves no replayer behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -269,33 +307,30 @@ async fn two_replayers_one_killed_mid_entry_replay_every_entry_once() {
     }
     let key_of = |id: DeadLetterId| format!("email-{}", id.get() - ids[0].get());
 
-    // A takes the first batch before B starts, so its leases are known.
-    let mut a = Replayer::spawn("A", server.url(), &prefix);
-    let a_leased: Vec<(DeadLetterId, SystemTime)> = (0..BATCH)
-        .map(|_| a.leased.recv_timeout(Duration::from_secs(30)).unwrap())
-        .collect();
-    assert_eq!(
-        a_leased.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-        ids[..BATCH]
-    );
-    let mut b = Replayer::spawn("B", server.url(), &prefix);
+    // A starts first so that it surely holds entries when it dies; then both
+    // replay side by side.
+    let mut a = ReplayerProcess::spawn("A", server.url(), &prefix);
+    let mut a_leased = vec![a.leased.recv_timeout(Duration::from_secs(30)).unwrap()];
+    let b = ReplayerProcess::spawn("B", server.url(), &prefix);
 
-    // A's third email is sent, its answer not yet given: kill A there.
-    tokio::time::timeout(Duration::from_secs(30), mailer.mid_entry.notified())
-        .await
-        .expect("replayer A reached its third entry");
+    // A has its first two replays answered, then its next ones reach the
+    // server and send their emails, but their answers are held: A is killed
+    // with all its replays mid-entry.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        mailer.held.acquire_many(CONCURRENCY as u32),
+    )
+    .await
+    .expect("replayer A has its replays in flight")
+    .unwrap()
+    .forget();
     a.child.kill().unwrap();
-    let status = a.child.wait().unwrap();
-    assert!(!status.success(), "A was killed, it did not finish");
-    let killed = ids[KILLED_AT - 1];
-    assert_ne!(
-        queue.get(killed).await.unwrap().unwrap().state.kind(),
-        StateKind::Replayed,
-        "the entry A died on is not done: its answer never reached the queue"
-    );
-    mailer.gate.notify_one();
+    assert!(!a.child.wait().unwrap().success(), "A was killed");
+    // Its pipe is closed now: every lease it reported is in.
+    a_leased.extend(a.leased.iter());
+    mailer.gate.add_permits(ENTRIES as usize);
 
-    let b_status = tokio::task::spawn_blocking(move || b.child.wait().unwrap())
+    let b_status = tokio::task::spawn_blocking(move || b.exit_within(Duration::from_secs(60)))
         .await
         .unwrap();
     assert!(b_status.success(), "B drained the queue");
@@ -313,15 +348,17 @@ async fn two_replayers_one_killed_mid_entry_replay_every_entry_once() {
         assert_eq!(
             sent.get(&key_of(*id)),
             Some(&1),
-            "effects of {}",
+            "emails sent for {}",
             key_of(*id)
         );
     }
     assert_eq!(sent.values().sum::<usize>(), ENTRIES as usize);
 
-    // A reached the server with its first three entries only; B replayed the
-    // one A died on (answered from the idempotency store: no second email)
-    // and the two A had not started, each only after A's lease ran out.
+    // A sent every entry it leased, and no more: the two answered, then as
+    // many as it may have in flight. B replayed every other entry, among
+    // them the ones A died on (answered from the idempotency store: no
+    // second email), each only after A's lease ran out; what A finished was
+    // not sent again.
     let seen = mailer.seen.lock().unwrap().clone();
     let from = |replayer: &str| -> Vec<String> {
         seen.iter()
@@ -329,16 +366,18 @@ async fn two_replayers_one_killed_mid_entry_replay_every_entry_once() {
             .map(|(_, key)| key.clone())
             .collect()
     };
-    assert_eq!(
-        from("A"),
-        ids[..KILLED_AT]
-            .iter()
-            .map(|id| key_of(*id))
-            .collect::<Vec<_>>()
-    );
+    let from_a = from("A");
     let from_b = from("B");
-    for (id, a_until) in &a_leased[KILLED_AT - 1..] {
-        assert!(from_b.contains(&key_of(*id)), "B replayed {}", key_of(*id));
+    assert_eq!(from_a.len(), A_ANSWERED + CONCURRENCY, "{from_a:?}");
+    let mut leased_keys: Vec<String> = a_leased.iter().map(|(id, _)| key_of(*id)).collect();
+    leased_keys.sort();
+    let mut sent_keys = from_a.clone();
+    sent_keys.sort();
+    assert_eq!(leased_keys, sent_keys, "A sent exactly what it leased");
+    for (id, a_until) in &a_leased {
+        if from_a[..A_ANSWERED].contains(&key_of(*id)) {
+            continue;
+        }
         let entry = queue.get(*id).await.unwrap().unwrap();
         assert_eq!(
             entry.state,
@@ -354,21 +393,72 @@ async fn two_replayers_one_killed_mid_entry_replay_every_entry_once() {
             to_millis(*a_until)
         );
     }
-    assert!(
-        from_b
-            .iter()
-            .all(|key| key != &key_of(ids[0]) && key != &key_of(ids[1])),
-        "what A completed is not replayed again"
-    );
+    let b_keys: HashSet<String> = from_b.iter().cloned().collect();
+    let not_finished_by_a: HashSet<String> = ids
+        .iter()
+        .map(|id| key_of(*id))
+        .filter(|key| !from_a[..A_ANSWERED].contains(key))
+        .collect();
+    assert_eq!(b_keys, not_finished_by_a);
+}
+
+/// A queue that reports every lease it takes on stdout, `leased {id}
+/// {until_ms}`, for the test process to read.
+#[derive(Clone)]
+struct Reporting(RedisQueue);
+
+impl DeadLetterQueue for Reporting {
+    async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
+        self.0.push(request).await
+    }
+    async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {
+        let leases = self.0.lease(max, lease).await?;
+        for lease in &leases {
+            if let DeadLetterState::Leased { until } = lease.letter.state {
+                println!("leased {} {}", lease.letter.id, to_millis(until));
+            }
+        }
+        Ok(leases)
+    }
+    async fn complete(
+        &self,
+        id: DeadLetterId,
+        token: LeaseToken,
+        status: StatusCode,
+    ) -> Result<(), QueueError> {
+        self.0.complete(id, token, status).await
+    }
+    async fn fail(
+        &self,
+        id: DeadLetterId,
+        token: LeaseToken,
+        outcome: AttemptOutcome,
+        retry_in: Duration,
+    ) -> Result<(), QueueError> {
+        self.0.fail(id, token, outcome, retry_in).await
+    }
+    async fn discard(&self, id: DeadLetterId) -> Result<(), QueueError> {
+        self.0.discard(id).await
+    }
+    async fn get(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, QueueError> {
+        self.0.get(id).await
+    }
+    async fn page(&self, query: &PageQuery) -> Result<Page, QueueError> {
+        self.0.page(query).await
+    }
+    async fn counts(&self) -> Result<Counts, QueueError> {
+        self.0.counts().await
+    }
+    async fn purge(&self, before: SystemTime) -> Result<u64, QueueError> {
+        self.0.purge(before).await
+    }
 }
 
 /// The replayer process of the test above; does nothing unless run as one.
 ///
-/// Leases `BATCH` entries at a time and reports each (`leased {id}
-/// {until_ms}` on stdout) before sending any, sends them one by one with
-/// their idempotency key and an `x-replayer` header, completes on a 2xx and
-/// fails (retry in 50 ms) otherwise, and exits once nothing is pending,
-/// leased or failed.
+/// A `Replayer` over the shared queue, sending through a hyper client that
+/// marks each request with `x-replayer: {name}`; it runs until nothing is
+/// pending, leased or failed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayer_child() {
     let Ok(name) = std::env::var(CHILD) else {
@@ -376,11 +466,20 @@ async fn replayer_child() {
     };
     let var = |name: &str| std::env::var(name).unwrap();
     let queue = queue_at(&var(CHILD_URL), &var(CHILD_PREFIX)).await;
-    let lease = Duration::from_millis(var(CHILD_LEASE_MS).parse().unwrap());
-    let client = common::client::<Full<Bytes>>();
-    loop {
-        let batch = queue.lease(BATCH, lease).await.unwrap();
-        if batch.is_empty() {
+    let marker = HeaderValue::from_str(&name).unwrap();
+    let client = tower::ServiceBuilder::new()
+        .map_request(move |mut request: Request<Full<Bytes>>| {
+            request.headers_mut().insert("x-replayer", marker.clone());
+            request
+        })
+        .service(common::client::<Full<Bytes>>());
+    let replayer = Replayer::new(Reporting(queue.clone()), client)
+        .concurrency(CONCURRENCY)
+        .lease(LEASE)
+        .retry_in(Duration::from_millis(100))
+        .idle(Duration::from_millis(25));
+    let done = async {
+        loop {
             let counts = queue.counts().await.unwrap();
             let open = [
                 StateKind::Pending,
@@ -391,51 +490,8 @@ async fn replayer_child() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
-            continue;
         }
-        for lease in &batch {
-            if let DeadLetterState::Leased { until } = lease.letter.state {
-                println!("leased {} {}", lease.letter.id, to_millis(until));
-            }
-        }
-        for lease in batch {
-            let letter = &lease.letter.request;
-            let mut request = Request::builder()
-                .method(letter.method.clone())
-                .uri(letter.uri.clone())
-                .body(Full::new(letter.body.bytes().unwrap().clone()))
-                .unwrap();
-            *request.headers_mut() = letter.headers.clone();
-            let headers = request.headers_mut();
-            if let Some(key) = &letter.idempotency_key {
-                headers.insert("idempotency-key", key.parse().unwrap());
-            }
-            headers.insert("x-replayer", name.parse().unwrap());
-            let id = lease.letter.id;
-            let outcome = match client.request(request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    let _ = response.into_body().collect().await;
-                    if status.is_success() {
-                        Ok(status)
-                    } else {
-                        Err(AttemptOutcome::Status(status))
-                    }
-                }
-                Err(err) => Err(AttemptOutcome::Error(err.to_string())),
-            };
-            let recorded = match outcome {
-                Ok(status) => queue.complete(id, lease.token, status).await,
-                Err(outcome) => {
-                    queue
-                        .fail(id, lease.token, outcome, Duration::from_millis(50))
-                        .await
-                }
-            };
-            match recorded {
-                Ok(()) | Err(QueueError::LeaseLost) => {}
-                Err(err) => panic!("recording the replay of {id}: {err}"),
-            }
-        }
-    }
+    };
+    let report = replayer.run(done).await.unwrap();
+    println!("{report:?}");
 }
