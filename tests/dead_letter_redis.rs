@@ -109,6 +109,26 @@ async fn a_lost_id_counter_never_reuses_an_id() {
 }
 
 #[tokio::test]
+async fn limits_beyond_any_queue_mean_everything() {
+    let server = RedisServer::shared();
+    let queue = queue_at(server.url(), &unique_prefix()).await;
+    for tag in 0..3 {
+        queue
+            .push(request("api.example", "deadline", tag))
+            .await
+            .unwrap();
+    }
+    let page = queue.page(&PageQuery::new(usize::MAX)).await.unwrap();
+    assert_eq!((page.entries.len(), page.next), (3, None));
+    let leases = queue.lease(usize::MAX, Duration::MAX).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    assert!(matches!(
+        leases[0].letter.state,
+        DeadLetterState::Leased { until } if until > SystemTime::now() + Duration::from_secs(1 << 40)
+    ));
+}
+
+#[tokio::test]
 async fn an_unreachable_redis_is_a_typed_error() {
     let mut server = RedisServer::start();
     let queue = queue_at(server.url(), &unique_prefix())

@@ -45,7 +45,8 @@ const FIELDS: [&str; 15] = [
 const PRELUDE: &str = r"
 local prefix = ARGV[1]
 local function k(...) return prefix .. ':' .. table.concat({...}, ':') end
--- '%d' keeps every digit; Lua's tostring would round to 14.
+-- Numbers go to commands through this: '%d' keeps every digit, where
+-- Lua's own conversion rounds to 14 and may use an exponent.
 local function fmt(n) return string.format('%d', n) end
 -- Redis's clock, so that every instance sharing the queue agrees on leases.
 local function now_ms()
@@ -77,6 +78,7 @@ if id == 1 then
     redis.call('SET', k('id'), fmt(id))
   end
 end
+id = fmt(id)
 local entry = k('entry', id)
 redis.call('HSET', entry, 'state', 'pending', 'history', '[]', unpack(ARGV, 5))
 redis.call('ZADD', k('all'), id, id)
@@ -88,7 +90,7 @@ if has_host then
   redis.call('HSET', entry, 'host', host)
   redis.call('ZADD', k('host', host), id, id)
 end
-return id
+return tonumber(id)
 ";
 
 /// Leases up to `max` leasable entries, lowest id first. ARGV: prefix, max,
@@ -96,12 +98,12 @@ return id
 const LEASE: &str = r"
 local now = now_ms()
 -- Leases that ran out and retry times that passed make their entries ready.
-local due = redis.call('ZRANGEBYSCORE', k('timed'), '-inf', now)
+local due = redis.call('ZRANGEBYSCORE', k('timed'), '-inf', fmt(now))
 for _, id in ipairs(due) do redis.call('ZADD', k('ready'), id, id) end
-if #due > 0 then redis.call('ZREMRANGEBYSCORE', k('timed'), '-inf', now) end
+if #due > 0 then redis.call('ZREMRANGEBYSCORE', k('timed'), '-inf', fmt(now)) end
 local until_ms = now + tonumber(ARGV[3])
 local leases = {}
-for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, tonumber(ARGV[2]) - 1)) do
+for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, fmt(tonumber(ARGV[2]) - 1))) do
   local entry = k('entry', id)
   local state = redis.call('HGET', entry, 'state')
   if not state then
@@ -118,7 +120,7 @@ for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, tonumber(ARGV[2]) - 1)) 
   redis.call('HSET', entry, 'state', 'leased', 'until', fmt(until_ms), 'token', fmt(token))
   move_state(id, state, 'leased')
   redis.call('ZREM', k('ready'), id)
-  redis.call('ZADD', k('timed'), until_ms, id)
+  redis.call('ZADD', k('timed'), fmt(until_ms), id)
   leases[#leases + 1] = {token, read(id)}
 end
 return leases
@@ -154,7 +156,7 @@ if to == 'replayed' then
 else
   local retry_at = now + tonumber(ARGV[6])
   redis.call('HSET', entry, 'state', to, 'until', fmt(retry_at), 'history', history)
-  redis.call('ZADD', k('timed'), retry_at, id)
+  redis.call('ZADD', k('timed'), fmt(retry_at), id)
 end
 move_state(id, 'leased', to)
 return 1
@@ -196,7 +198,7 @@ end
 local entries, more, from = {}, 0, '(' .. ARGV[2]
 local chunk = math.max(limit + 1, 128)
 while more == 0 do
-  local ids = redis.call('ZRANGEBYSCORE', index, from, '+inf', 'LIMIT', 0, chunk)
+  local ids = redis.call('ZRANGEBYSCORE', index, from, '+inf', 'LIMIT', 0, fmt(chunk))
   for _, id in ipairs(ids) do
     local matches = true
     for _, filter in ipairs(filters) do
@@ -539,7 +541,7 @@ where
         }
         let value = self
             .eval(&LEASE_SCRIPT, |script| {
-                script.arg(max).arg(millis(lease));
+                script.arg(countable(max)).arg(millis(lease));
             })
             .await?;
         let Value::Array(leases) = value else {
@@ -642,7 +644,7 @@ where
             .eval(&PAGE_SCRIPT, |script| {
                 script
                     .arg(query.after.map_or(0, DeadLetterId::get))
-                    .arg(query.limit);
+                    .arg(countable(query.limit));
                 for (name, value) in filters {
                     if let Some(value) = value {
                         script.arg(name).arg(value);
@@ -740,6 +742,12 @@ fn millis(duration: Duration) -> u64 {
     const MAX: u64 = 1 << 50; // about 35 000 years
     let millis = duration.as_nanos().div_ceil(1_000_000);
     u64::try_from(millis).unwrap_or(MAX).min(MAX)
+}
+
+/// A count as a script argument, capped where a Lua number (a double) still
+/// holds it and `fmt` prints it exactly; no batch or page comes near it.
+fn countable(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn corrupt(what: impl fmt::Display) -> QueueError {
