@@ -8,6 +8,8 @@ use ::redis::{RedisError, Script, ScriptInvocation, Value};
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 
+use crate::idempotency::store::{connect_manager, within};
+
 use super::{
     AttemptOutcome, Counts, DeadLetter, DeadLetterId, DeadLetterQueue, DeadLetterState,
     FailedRequest, KeptBody, Lease, LeaseToken, Page, PageQuery, QueueError, StateKind,
@@ -277,7 +279,9 @@ static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE));
 /// it, and no two hold a lease on one entry at once.
 ///
 /// Each operation is one Lua script (or one `HMGET` for
-/// [`get`](DeadLetterQueue::get)), so it is atomic and costs one round trip.
+/// [`get`](DeadLetterQueue::get)), so it is atomic and costs one round trip;
+/// [`purge`](DeadLetterQueue::purge) runs one per 500 entries deleted, so
+/// that Redis serves others in between.
 /// Lease ends and retry times are read from Redis's own clock (`TIME`), so
 /// the instances' clocks do not need to agree: a replayer that dies holding
 /// a lease leaves its entries to whichever instance leases next after the
@@ -365,9 +369,7 @@ impl RedisQueue {
     ///
     /// Fails if the URL is invalid or Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        Ok(Self::from_connection(
-            crate::idempotency::store::connect_manager(url).await?,
-        ))
+        Ok(Self::from_connection(connect_manager(url).await?))
     }
 }
 
@@ -440,14 +442,9 @@ where
     where
         F: Future<Output = Result<Value, RedisError>>,
     {
-        match tokio::time::timeout(self.timeout, invoke(self.connection.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(QueueError::unavailable(err)),
-            Err(_) => Err(QueueError::unavailable(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("redis did not answer within {:?}", self.timeout),
-            ))),
-        }
+        within(self.timeout, invoke(self.connection.clone()))
+            .await
+            .map_err(QueueError::unavailable)
     }
 
     /// Runs `script` with the prefix and then `args` as its arguments.

@@ -29,7 +29,7 @@ mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
 #[cfg(feature = "redis")]
-pub(crate) use self::redis::connect_manager;
+pub(crate) use self::redis::{connect_manager, within};
 pub use memory::MemoryStore;
 
 use std::error::Error as StdError;

@@ -198,6 +198,23 @@ impl RedisStore {
     }
 }
 
+/// The answer of one Redis call, or why there is none: its error, or that
+/// it took longer than `timeout` (its effect is then unknown).
+pub(crate) async fn within(
+    timeout: Duration,
+    call: impl Future<Output = Result<Value, RedisError>>,
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("redis did not answer within {timeout:?}"),
+        )
+        .into()),
+    }
+}
+
 /// A [`ConnectionManager`] to `url` with [`RedisStore::manager_config`] and
 /// `TCP_NODELAY`, as every Redis-backed part of the crate connects.
 pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, RedisError> {
@@ -303,14 +320,9 @@ where
     where
         F: Future<Output = Result<Value, RedisError>>,
     {
-        match tokio::time::timeout(self.timeout, invoke(self.connection.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(StoreError::unavailable(err)),
-            Err(_) => Err(StoreError::unavailable(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("redis did not answer within {:?}", self.timeout),
-            ))),
-        }
+        within(self.timeout, invoke(self.connection.clone()))
+            .await
+            .map_err(StoreError::unavailable)
     }
 
     /// Runs one of the token-checking scripts and maps its 0/1 answer.
