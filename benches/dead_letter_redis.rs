@@ -58,9 +58,9 @@ async fn sqlite_queue(name: &str) -> SqliteQueue {
     SqliteQueue::open(&path).await.unwrap()
 }
 
-/// Pushes entries `0..ENTRIES`, many at once (the Redis connection
-/// pipelines them; SQLite takes them in order on its thread).
-async fn fill<Q: DeadLetterQueue>(queue: &Q) {
+/// Pushes entries `0..ENTRIES` to Redis, many at once (the connection
+/// pipelines them).
+async fn fill_redis(queue: &RedisQueue) {
     let mut pushes = tokio::task::JoinSet::new();
     for worker in 0..16 {
         let queue = queue.clone();
@@ -71,6 +71,16 @@ async fn fill<Q: DeadLetterQueue>(queue: &Q) {
         });
     }
     pushes.join_all().await;
+}
+
+/// Pushes entries `0..ENTRIES` to SQLite, 10,000 to a transaction.
+async fn fill_sqlite(queue: &SqliteQueue) {
+    for chunk in (0..ENTRIES).collect::<Vec<_>>().chunks(10_000) {
+        queue
+            .push_all(chunk.iter().map(|&n| failed(n)).collect())
+            .await
+            .unwrap();
+    }
 }
 
 /// `iters` replays' queue calls (lease one entry, complete it) on entries
@@ -130,8 +140,8 @@ fn page(c: &mut Criterion) {
     let server = redis_server::RedisServer::shared();
     let redis = rt.block_on(redis_queue(server.url(), "page"));
     let sqlite = rt.block_on(sqlite_queue("page"));
-    rt.block_on(fill(&redis));
-    rt.block_on(fill(&sqlite));
+    rt.block_on(fill_redis(&redis));
+    rt.block_on(fill_sqlite(&sqlite));
     let deep = DeadLetterId::new(u64::from(ENTRIES) - 1_000);
     let queries = [
         ("first", PageQuery::new(50)),
