@@ -101,6 +101,7 @@ pub mod budget;
 pub mod classify;
 pub mod idempotency;
 pub mod idempotency_key;
+pub mod reconcile;
 pub mod request;
 pub mod retry;
 mod time;
@@ -113,6 +114,7 @@ pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
 pub use idempotency::store::RedisStore;
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
+pub use reconcile::{Reconcile, Reconciled, Reconciliation};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
 /// The error type of the middleware: the wrapped service's error, boxed, or

@@ -79,6 +79,12 @@ pub trait RequestTemplate {
     /// that the classifier, the safety rule and the next attempts see it.
     #[inline(always)]
     fn attempt_done(&mut self) {}
+
+    /// The whole body as kept for replays, for a reconciler to look at;
+    /// `None` when no complete copy is held (the default).
+    fn kept_body(&self) -> Option<bytes::Bytes> {
+        None
+    }
 }
 
 /// A request [`IdempotencyKeyLayer`](crate::IdempotencyKeyLayer) can give a
@@ -225,6 +231,10 @@ impl<B: http_body::Body> RequestTemplate for HttpTemplate<B> {
             attempt.extensions_mut().insert(slot.clone());
         }
         Ok(attempt)
+    }
+
+    fn kept_body(&self) -> Option<bytes::Bytes> {
+        self.body.kept()
     }
 
     fn attempt_done(&mut self) {

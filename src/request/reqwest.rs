@@ -84,6 +84,11 @@ impl RequestTemplate for ReqwestTemplate {
             .ok_or(NotReplayable::Unclonable)
     }
 
+    fn kept_body(&self) -> Option<bytes::Bytes> {
+        let body = self.copy.as_ref()?.body()?.as_bytes()?;
+        Some(bytes::Bytes::copy_from_slice(body))
+    }
+
     fn send<S: Service<Self::Attempt>>(
         &self,
         service: &mut S,

@@ -150,6 +150,21 @@ impl<B: Body> ReplayBody<B> {
     pub fn is_replayable(&self) -> Result<(), NotReplayable> {
         self.replay().map(drop)
     }
+
+    /// The whole body, once it has been read to the end within the limit.
+    pub(crate) fn kept(&self) -> Option<Bytes> {
+        let Some(shared) = &self.shared else {
+            return Some(Bytes::new());
+        };
+        let state = shared.lock();
+        if !state.complete || state.over_limit || state.failed {
+            return None;
+        }
+        match state.chunks.as_slice() {
+            [one] => Some(one.clone()),
+            chunks => Some(chunks.concat().into()),
+        }
+    }
 }
 
 impl<B> Body for ReplayBody<B>

@@ -12,12 +12,14 @@ use super::{
     RetryEvent, RetryLayer, safety,
 };
 use crate::BoxError;
-use crate::Verdict;
 use crate::classify::{Classifier, Outcome, RequestView};
+use crate::reconcile::{Begun, ReconcileTimedOut, Settled};
 use crate::request::{RequestTemplate, RetryResponse};
+use crate::{Processed, Verdict};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, T, C>
     where
         S: Service<T::Attempt>,
@@ -35,6 +37,9 @@ pin_project! {
         // gets this rather than an error of the layer's own.
         last: Option<Result<S::Response, BoxError>>,
         last_verdict: Verdict,
+        // An earlier attempt may have taken effect: a 412 to a conditional
+        // request then means it did.
+        ambiguous: bool,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
@@ -53,6 +58,10 @@ pin_project! {
         },
         Waiting,
         Ready,
+        // Asking the reconciler about the attempt whose result is in `last`.
+        Reconciling {
+            probe: crate::reconcile::Probe,
+        },
     }
 }
 
@@ -78,6 +87,7 @@ where
             timer,
             last: None,
             last_verdict: Verdict::Success,
+            ambiguous: false,
             service,
             template,
             config,
@@ -88,7 +98,7 @@ where
     }
 }
 
-/// When one attempt must end: the per-attempt timeout or the deadline,
+/// When one attempt (or probe) must end: its timeout or the deadline,
 /// whichever comes first.
 fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
     let by_timeout = timeout.map(crate::time::after);
@@ -120,7 +130,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
-                    let mut result = match future.poll(cx) {
+                    let result = match future.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
                             let expired = this
@@ -157,52 +167,98 @@ where
                     );
                     let (delay, hold) = match decision {
                         Ok(decided) => decided,
+                        Err(mut reason) => {
+                            if let Some(failed) = reason {
+                                match crate::reconcile::begin(
+                                    this.config,
+                                    this.template,
+                                    &request,
+                                    &outcome,
+                                    failed,
+                                    *this.ambiguous,
+                                    *this.deadline,
+                                ) {
+                                    Begun::GiveUp(failed) => reason = Some(failed),
+                                    Begun::Applied => {
+                                        let result = crate::reconcile::applied(result);
+                                        return Poll::Ready(with_attempts(result, *this.attempt));
+                                    }
+                                    Begun::Probe(probe) => {
+                                        let timeout = this.config.reconcile.timeout;
+                                        match attempt_ends(timeout, *this.deadline) {
+                                            Some(at) => set_timer(this.timer, at),
+                                            None => *this.timer = None,
+                                        }
+                                        *this.last = Some(result);
+                                        *this.last_verdict = verdict;
+                                        this.state.set(State::Reconciling { probe });
+                                        continue;
+                                    }
+                                }
+                            }
+                            if let Some(reason) = reason {
+                                give_up(this.config, request, *this.attempt, verdict, reason);
+                            }
+                            return Poll::Ready(with_attempts(result, *this.attempt));
+                        }
+                    };
+                    schedule_retry(&mut this, result, verdict, delay, hold);
+                }
+                StateProj::Reconciling { probe } => {
+                    let answer = match probe.as_mut().poll(cx) {
+                        Poll::Ready(answer) => answer,
+                        Poll::Pending => {
+                            let expired = this
+                                .timer
+                                .as_mut()
+                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                            if !expired {
+                                return Poll::Pending;
+                            }
+                            Err(Box::new(ReconcileTimedOut) as BoxError)
+                        }
+                    };
+                    this.state.set(State::Ready);
+                    let result = this
+                        .last
+                        .take()
+                        .unwrap_or_else(|| Err("the reconciled attempt's result is gone".into()));
+                    let request = this.template.view().with_attempt(*this.attempt);
+                    let verdict = match crate::reconcile::settle(this.config, &request, answer) {
+                        Settled::Applied => {
+                            let result = crate::reconcile::applied(result);
+                            return Poll::Ready(with_attempts(result, *this.attempt));
+                        }
+                        Settled::Unreconciled => {
+                            let (verdict, reason) =
+                                (*this.last_verdict, GiveUpReason::Unreconciled);
+                            give_up(this.config, request, *this.attempt, verdict, reason);
+                            return Poll::Ready(with_attempts(result, *this.attempt));
+                        }
+                        Settled::NotApplied => Verdict::Transient {
+                            processed: Processed::No,
+                            retry_after: this.last_verdict.retry_after(),
+                        },
+                    };
+                    let decision = decide(
+                        this.config,
+                        this.template,
+                        &request,
+                        verdict,
+                        *this.attempt,
+                        *this.previous_delay,
+                        *this.deadline,
+                    );
+                    match decision {
+                        Ok((delay, hold)) => {
+                            schedule_retry(&mut this, result, verdict, delay, hold)
+                        }
                         Err(reason) => {
                             if let Some(reason) = reason {
                                 give_up(this.config, request, *this.attempt, verdict, reason);
                             }
-                            if let Ok(response) = &mut result {
-                                response.extensions_mut().insert(Attempts(*this.attempt));
-                            }
-                            return Poll::Ready(result);
+                            return Poll::Ready(with_attempts(result, *this.attempt));
                         }
-                    };
-                    tracing::debug!(
-                        target: "tower_reissue::retry",
-                        method = %request.method(),
-                        uri = %request.uri(),
-                        attempt = *this.attempt,
-                        ?verdict,
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying"
-                    );
-                    if let Some(hook) = &this.config.on_retry {
-                        hook(&RetryEvent {
-                            request,
-                            attempt: *this.attempt,
-                            verdict,
-                            delay,
-                        });
-                    }
-                    // The failed response is dropped here (the caller only
-                    // ever sees the attempt that ends the request), unless it
-                    // may still be needed as the answer.
-                    if hold {
-                        if let Ok(response) = &mut result {
-                            response.extensions_mut().insert(Attempts(*this.attempt));
-                        }
-                        *this.last = Some(result);
-                    } else {
-                        drop(result);
-                    }
-                    *this.last_verdict = verdict;
-                    *this.attempt += 1;
-                    *this.previous_delay = delay;
-                    if delay.is_zero() {
-                        this.state.set(State::Ready);
-                    } else {
-                        set_timer(this.timer, crate::time::after(delay));
-                        this.state.set(State::Waiting);
                     }
                 }
                 StateProj::Waiting => {
@@ -240,6 +296,77 @@ where
             }
         }
     }
+}
+
+/// Sets up the next attempt after `delay`; `result` is the failed one.
+fn schedule_retry<S, T, C>(
+    this: &mut ResponseFutureProj<'_, S, T, C>,
+    mut result: Result<S::Response, BoxError>,
+    verdict: Verdict,
+    delay: Duration,
+    hold: bool,
+) where
+    S: Service<T::Attempt>,
+    S::Response: RetryResponse,
+    T: RequestTemplate,
+{
+    let request = this.template.view().with_attempt(*this.attempt);
+    tracing::debug!(
+        target: "tower_reissue::retry",
+        method = %request.method(),
+        uri = %request.uri(),
+        attempt = *this.attempt,
+        ?verdict,
+        delay_ms = delay.as_millis() as u64,
+        "retrying"
+    );
+    if let Some(hook) = &this.config.on_retry {
+        hook(&RetryEvent {
+            request,
+            attempt: *this.attempt,
+            verdict,
+            delay,
+        });
+    }
+    // The failed response is dropped here (the caller only
+    // ever sees the attempt that ends the request), unless it
+    // may still be needed as the answer.
+    if hold {
+        if let Ok(response) = &mut result {
+            response.extensions_mut().insert(Attempts(*this.attempt));
+        }
+        *this.last = Some(result);
+    } else {
+        drop(result);
+    }
+    *this.last_verdict = verdict;
+    *this.attempt += 1;
+    *this.previous_delay = delay;
+    if delay.is_zero() {
+        this.state.set(State::Ready);
+    } else {
+        set_timer(this.timer, crate::time::after(delay));
+        this.state.set(State::Waiting);
+    }
+    if matches!(
+        verdict,
+        Verdict::Transient {
+            processed: Processed::Maybe,
+            ..
+        }
+    ) {
+        *this.ambiguous = true;
+    }
+}
+
+fn with_attempts<R: RetryResponse>(
+    mut result: Result<R, BoxError>,
+    attempts: u32,
+) -> Result<R, BoxError> {
+    if let Ok(response) = &mut result {
+        response.extensions_mut().insert(Attempts(attempts));
+    }
+    result
 }
 
 fn timed_out(deadline: Option<Instant>) -> BoxError {

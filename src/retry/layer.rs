@@ -50,6 +50,7 @@ pub struct RetryLayer<C = DefaultClassifier> {
     pub(crate) replay_limit: usize,
     pub(crate) on_retry: Option<RetryHook>,
     pub(crate) on_give_up: Option<GiveUpHook>,
+    pub(crate) reconcile: crate::reconcile::ReconcileConfig,
 }
 
 impl RetryLayer {
@@ -71,6 +72,7 @@ impl RetryLayer {
             replay_limit: 64 * 1024,
             on_retry: None,
             on_give_up: None,
+            reconcile: Default::default(),
         }
     }
 }
@@ -103,6 +105,7 @@ impl<C> RetryLayer<C> {
             replay_limit: self.replay_limit,
             on_retry: self.on_retry,
             on_give_up: self.on_give_up,
+            reconcile: self.reconcile,
         }
     }
 
@@ -270,6 +273,7 @@ impl<C: Clone> Clone for RetryLayer<C> {
             replay_limit: self.replay_limit,
             on_retry: self.on_retry.clone(),
             on_give_up: self.on_give_up.clone(),
+            reconcile: self.reconcile.clone(),
         }
     }
 }
