@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,14 +32,18 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_reissue::reconcile::{
+    AppliedResponseLost, Reconcile, ReconcileRequest, Reconciled, Reconciliation,
+};
 use tower_reissue::{
-    Attempts, Backoff, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody, RetryBudget,
-    RetryLayer,
+    Attempts, Backoff, IdempotencyKey, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore,
+    ReplayBody, RetryBudget, RetryLayer,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -67,6 +71,14 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// The API ignores `Idempotency-Key` (no `IdempotencyLayer`) but can be
+    /// asked `GET /emails?reference=…`; adds a "tower-reissue + reconcile"
+    /// client that asks before repeating an ambiguous call.
+    #[arg(long)]
+    api_without_keys: bool,
+    /// Print the results as JSON (one object per client) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -95,6 +107,8 @@ struct Api {
     rng: Mutex<StdRng>,
     /// Side effects per operation id.
     effects: Mutex<HashMap<u64, u32>>,
+    /// The `X-Reference` each operation was sent with, as the API stores it.
+    references: Mutex<HashMap<String, u64>>,
     /// Attempts received per 250 ms bucket, for the chart.
     attempts: Mutex<Vec<u32>>,
 }
@@ -129,6 +143,12 @@ impl Api {
         } else {
             Fault::None
         }
+    }
+
+    /// Requests received, lookups included: the load on the API.
+    fn received(&self) -> u64 {
+        let attempts = self.attempts.lock().unwrap();
+        attempts.iter().map(|&n| u64::from(n)).sum()
     }
 
     fn count_attempt(&self) {
@@ -172,6 +192,16 @@ async fn perform(api: Arc<Api>, request: Request<axum::body::Body>) -> Response<
             .unwrap();
     };
     *api.effects.lock().unwrap().entry(op).or_default() += 1;
+    if let Some(reference) = request
+        .headers()
+        .get(REFERENCE)
+        .and_then(|v| v.to_str().ok())
+    {
+        api.references
+            .lock()
+            .unwrap()
+            .insert(reference.to_owned(), op);
+    }
     Response::builder()
         .status(StatusCode::CREATED)
         .header("content-type", "application/json")
@@ -196,6 +226,7 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         start,
         rng: Mutex::new(StdRng::seed_from_u64(args.seed ^ salt)),
         effects: Mutex::default(),
+        references: Mutex::default(),
         attempts: Mutex::default(),
     });
     let handler_api = api.clone();
@@ -209,9 +240,16 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         )
         .route(
             "/payments",
-            axum::routing::post(move |req| perform(handler_api.clone(), req)),
-        )
-        .layer(IdempotencyLayer::new(MemoryStore::new()));
+            axum::routing::post({
+                let api = handler_api.clone();
+                move |req| perform(api.clone(), req)
+            }),
+        );
+    let app = if args.api_without_keys {
+        with_lookups(app, handler_api)
+    } else {
+        app.layer(IdempotencyLayer::new(MemoryStore::new()))
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_api = api.clone();
@@ -285,6 +323,7 @@ enum Kind {
     NoRetry,
     Naive,
     Reissue,
+    Reconcile,
 }
 
 impl Kind {
@@ -293,6 +332,7 @@ impl Kind {
             Kind::NoRetry => "no retries",
             Kind::Naive => "naive loop (10x, fixed delay)",
             Kind::Reissue => "tower-reissue",
+            Kind::Reconcile => "tower-reissue + reconcile",
         }
     }
 
@@ -301,6 +341,7 @@ impl Kind {
             Kind::NoRetry => "#7f7f7f",
             Kind::Naive => "#d62728",
             Kind::Reissue => "#1f77b4",
+            Kind::Reconcile => "#2ca02c",
         }
     }
 }
@@ -326,6 +367,7 @@ struct Outcomes {
     latencies: Vec<Duration>,
     dead_letters: Vec<(u64, String)>,
     attempts: u64,
+    probes: u64,
 }
 
 type BoxError = tower_reissue::BoxError;
@@ -360,8 +402,10 @@ async fn run_client(
         Client::builder(TokioExecutor::new()).build_http();
     let dead_letters: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     let sink = dead_letters.clone();
+    // An API that ignores keys gets none: they would make the layer repeat
+    // calls the API does not deduplicate.
     let reissue = ServiceBuilder::new()
-        .layer(IdempotencyKeyLayer::new())
+        .option_layer((!args.api_without_keys).then(IdempotencyKeyLayer::new))
         .layer(
             RetryLayer::new()
                 .max_attempts(10)
@@ -383,6 +427,8 @@ async fn run_client(
         )
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
 
+    let probes: Arc<AtomicU64> = Arc::default();
+    let reconciling = reconciling_client(addr, dead_letters.clone(), probes.clone());
     let results: Arc<Mutex<Outcomes>> = Arc::default();
     let mut tasks = Vec::with_capacity(args.ops);
     let spacing = Duration::from_secs_f64(args.duration / args.ops as f64);
@@ -390,6 +436,7 @@ async fn run_client(
         tokio::time::sleep_until(start + spacing * op as u32).await;
         let (plain, reissue, results, bar) =
             (plain.clone(), reissue.clone(), results.clone(), bar.clone());
+        let reconciling = reconciling.clone();
         tasks.push(tokio::spawn(async move {
             let began = Instant::now();
             let (ok, attempts) = match kind {
@@ -408,6 +455,7 @@ async fn run_client(
                         Err(_) => (false, 0),
                     }
                 }
+                Kind::Reconcile => reconciled_call(reconciling, op_request(addr, op)).await,
             };
             let mut results = results.lock().unwrap();
             results.latencies.push(began.elapsed());
@@ -423,6 +471,7 @@ async fn run_client(
     bar.finish();
     let mut outcomes = std::mem::take(&mut *results.lock().unwrap());
     outcomes.dead_letters = std::mem::take(&mut *dead_letters.lock().unwrap());
+    outcomes.probes = probes.load(Ordering::Relaxed);
     outcomes
 }
 
@@ -598,20 +647,25 @@ async fn main() -> Result<(), BoxError> {
             return Err(format!("{flag} must be between 0 and 1, got {rate}").into());
         }
     }
-    let kinds = [Kind::NoRetry, Kind::Naive, Kind::Reissue];
+    let mut kinds = vec![Kind::NoRetry, Kind::Naive, Kind::Reissue];
+    if args.api_without_keys {
+        kinds.push(Kind::Reconcile);
+    }
     let start = Instant::now() + Duration::from_millis(200);
     let mut apis = Vec::new();
     for (salt, _) in kinds.iter().enumerate() {
         apis.push(start_api(&args, salt as u64, start).await);
     }
 
-    println!(
-        "{} operations per client over {:.0} s: normal ({:.1}% failures), incident ({:.0}% failures), recovery.",
-        args.ops,
-        args.duration,
-        args.normal_failure_rate * 100.0,
-        args.incident_failure_rate * 100.0
-    );
+    if !args.json {
+        println!(
+            "{} operations per client over {:.0} s: normal ({:.1}% failures), incident ({:.0}% failures), recovery.",
+            args.ops,
+            args.duration,
+            args.normal_failure_rate * 100.0,
+            args.incident_failure_rate * 100.0
+        );
+    }
     let bars = MultiProgress::with_draw_target(if args.quiet {
         ProgressDrawTarget::hidden()
     } else {
@@ -639,58 +693,85 @@ async fn main() -> Result<(), BoxError> {
     }
 
     // Report.
-    println!();
-    println!(
-        "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13} {:>8} {:>8}",
-        "client", "ops", "succeeded", "failed", "duplicates", "attempts/op", "p50", "p99"
-    );
+    let table = !args.json;
+    if table {
+        println!();
+        println!(
+            "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13} {:>8} {:>8}",
+            "client", "ops", "succeeded", "failed", "duplicates", "attempts/op", "p50", "p99"
+        );
+    }
     let mut series = Vec::new();
     for ((kind, (addr, api)), outcome) in kinds.iter().zip(&apis).zip(&mut outcomes) {
         outcome.latencies.sort();
-        let received: u64 = api
-            .attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|&n| u64::from(n))
-            .sum();
-        println!(
-            "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13.2} {:>6}ms {:>6}ms",
-            kind.label(),
-            args.ops,
-            outcome.succeeded,
-            outcome.failed,
-            api.duplicates(),
-            received as f64 / args.ops as f64,
-            percentile(&outcome.latencies, 0.5).as_millis(),
-            percentile(&outcome.latencies, 0.99).as_millis(),
-        );
+        let received = api.received();
+        if table {
+            println!(
+                "{:<30} {:>6} {:>10} {:>7} {:>11} {:>13.2} {:>6}ms {:>6}ms",
+                kind.label(),
+                args.ops,
+                outcome.succeeded,
+                outcome.failed,
+                api.duplicates(),
+                received as f64 / args.ops as f64,
+                percentile(&outcome.latencies, 0.5).as_millis(),
+                percentile(&outcome.latencies, 0.99).as_millis(),
+            );
+        }
         series.push((*kind, api.attempts.lock().unwrap().clone()));
         let _ = addr;
     }
     let lost = |api: &Api| (0..args.ops as u64).filter(|op| !api.executed(*op)).count();
-    println!();
-    println!(
-        "no retries:    {} operations never took effect (lost work).",
-        lost(&apis[0].1)
-    );
-    println!(
-        "naive loop:    {} duplicate side effects (emails sent twice, payments captured twice).",
-        apis[1].1.duplicates()
-    );
+    if table {
+        println!();
+        println!(
+            "no retries:    {} operations never took effect (lost work).",
+            lost(&apis[0].1)
+        );
+        println!(
+            "naive loop:    {} duplicate side effects (emails sent twice, payments captured twice).",
+            apis[1].1.duplicates()
+        );
+    }
 
     let (addr, api) = &apis[2];
     let dead = &outcomes[2].dead_letters;
     let (recovered, still) = replay_dead_letters(*addr, dead).await;
-    println!(
-        "tower-reissue: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
-        api.duplicates(),
-        dead.len(),
-        recovered,
-        still,
-        lost(api),
-        api.duplicates()
-    );
+    if table {
+        println!(
+            "tower-reissue: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
+            api.duplicates(),
+            dead.len(),
+            recovered,
+            still,
+            lost(api),
+            api.duplicates()
+        );
+    }
+    if let (Some((addr, api)), Some(outcome)) = (apis.get(3), outcomes.get(3)) {
+        let dead = &outcome.dead_letters;
+        let (recovered, still) = replay_reconciled(*addr, dead).await;
+        if table {
+            println!(
+                "tower-reissue + reconcile: {} probes; {} operations given up and replayed after the incident, each looked up first: {} done, {} still failing; {} lost, {} duplicates after replay.",
+                outcome.probes,
+                dead.len(),
+                recovered,
+                still,
+                lost(api),
+                api.duplicates()
+            );
+        }
+    }
+    if args.json {
+        let rows = kinds.iter().zip(&apis).zip(&outcomes);
+        let rows =
+            rows.map(|((kind, (_, api)), outcome)| json_row(*kind, &args, api, outcome, lost(api)));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows.collect::<Vec<_>>())?
+        );
+    }
 
     if let Some(dir) = args.svg.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -699,6 +780,174 @@ async fn main() -> Result<(), BoxError> {
         &args.svg,
         svg_chart(&series, args.duration, args.incident_failure_rate),
     )?;
-    println!("\nChart of attempts per second: {}", args.svg.display());
+    if table {
+        println!("\nChart of attempts per second: {}", args.svg.display());
+    }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// An API that ignores keys, and the client that asks instead (--api-without-keys)
+// ---------------------------------------------------------------------------
+
+/// The header the API stores with each operation, so it can be found later.
+const REFERENCE: http::HeaderName = http::HeaderName::from_static("x-reference");
+
+/// Adds `GET /emails?reference=…` and `GET /payments?reference=…`: 200 if an
+/// operation sent with that `X-Reference` took effect, 404 if not. They sit
+/// behind the same faults as everything else.
+fn with_lookups(app: axum::Router, api: Arc<Api>) -> axum::Router {
+    let find = move |uri: http::Uri| {
+        let api = api.clone();
+        async move {
+            let reference = uri.query().and_then(|q| q.strip_prefix("reference="));
+            let op = reference.and_then(|r| api.references.lock().unwrap().get(r).copied());
+            if op.is_some_and(|op| api.executed(op)) {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            }
+        }
+    };
+    app.route("/emails", axum::routing::get(find.clone()))
+        .route("/payments", axum::routing::get(find))
+}
+
+/// Looks an operation up by its reference, through a retry layer of its own
+/// (a lookup is a GET: safe to repeat).
+fn lookup(addr: SocketAddr) -> impl Reconcile + Clone {
+    let lookups = RetryLayer::new()
+        .max_attempts(3)
+        .layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Empty<Bytes>>>());
+    move |request: ReconcileRequest| {
+        let lookups = lookups.clone();
+        let url = request
+            .correlation_id()
+            .map(|id| format!("http://{addr}{}?reference={id}", request.uri().path()));
+        async move {
+            let Some(url) = url else {
+                return Ok(Reconciled::Unknown);
+            };
+            let found = lookups
+                .oneshot(Request::get(url).body(Empty::new())?)
+                .await?;
+            Ok::<_, BoxError>(match found.status() {
+                StatusCode::OK => Reconciled::Applied,
+                StatusCode::NOT_FOUND => Reconciled::NotApplied,
+                _ => Reconciled::Unknown,
+            })
+        }
+    }
+}
+
+type ReconcilingClient =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
+
+/// tower-reissue for an API that ignores keys: each operation carries a
+/// reference the API stores (a correlation id, not a promise of
+/// deduplication), and an ambiguous failure is looked up before any retry.
+/// What it gives up on goes to `dead_letters` with its reference.
+fn reconciling_client(
+    addr: SocketAddr,
+    dead_letters: Arc<Mutex<Vec<(u64, String)>>>,
+    probes: Arc<AtomicU64>,
+) -> ReconcilingClient {
+    let client = ServiceBuilder::new()
+        .layer(
+            IdempotencyKeyLayer::new()
+                .header(REFERENCE)
+                .correlation_only(),
+        )
+        .layer(
+            RetryLayer::new()
+                .max_attempts(10)
+                .backoff(Backoff::exponential(
+                    Duration::from_millis(100),
+                    Duration::from_secs(2),
+                ))
+                .budget(RetryBudget::new(0.2))
+                .reconcile(lookup(addr))
+                .on_reconcile(move |_| {
+                    probes.fetch_add(1, Ordering::Relaxed);
+                })
+                .on_give_up(move |event| {
+                    if let (Some(op), Some(reference)) = (
+                        op_id(event.request.headers()),
+                        event.request.idempotency_key(),
+                    ) {
+                        dead_letters
+                            .lock()
+                            .unwrap()
+                            .push((op, reference.to_owned()));
+                    }
+                }),
+        )
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    tower::util::BoxCloneSyncService::new(client)
+}
+
+/// One operation through the reconciling client: (took effect as far as
+/// the caller knows, attempts).
+async fn reconciled_call(client: ReconcilingClient, request: Request<Full<Bytes>>) -> (bool, u64) {
+    match client.oneshot(request).await {
+        Ok(response) => {
+            let attempts = response
+                .extensions()
+                .get::<Attempts>()
+                .map_or(1, |a| u64::from(a.get()));
+            let applied = response.extensions().get::<Reconciliation>().is_some();
+            (response.status().is_success() || applied, attempts)
+        }
+        Err(error) => (error.downcast_ref::<AppliedResponseLost>().is_some(), 0),
+    }
+}
+
+/// Replays given-up operations of the reconciling client once the API is
+/// back: each is looked up first (it may have taken effect), and sent again
+/// with its reference only if it did not.
+async fn replay_reconciled(addr: SocketAddr, dead: &[(u64, String)]) -> (u64, u64) {
+    let lookup = lookup(addr);
+    let client = reconciling_client(addr, Arc::default(), Arc::default());
+    let (mut done, mut still_failing) = (0, 0);
+    for (op, reference) in dead {
+        let mut request = op_request(addr, *op);
+        let Ok(key) = IdempotencyKey::new(reference) else {
+            still_failing += 1;
+            continue;
+        };
+        let question = ReconcileRequest::new(Method::POST, request.uri().clone())
+            .with_correlation_id(key.clone());
+        let ok = match lookup.reconcile(question).await {
+            Ok(Reconciled::Applied) => true,
+            Ok(Reconciled::NotApplied) => {
+                request
+                    .headers_mut()
+                    .insert(REFERENCE, key.header_value().clone());
+                reconciled_call(client.clone(), request).await.0
+            }
+            _ => false,
+        };
+        if ok { done += 1 } else { still_failing += 1 }
+    }
+    (done, still_failing)
+}
+
+/// One client's results for `--json`; other flags may add fields.
+fn json_row(
+    kind: Kind,
+    args: &Args,
+    api: &Api,
+    outcome: &Outcomes,
+    lost: usize,
+) -> serde_json::Value {
+    serde_json::json!({
+        "client": kind.label(),
+        "ops": args.ops,
+        "succeeded": outcome.succeeded,
+        "failed": outcome.failed,
+        "duplicates": api.duplicates(),
+        "lost": lost,
+        "attempts_per_op": api.received() as f64 / args.ops as f64,
+        "probes": outcome.probes,
+    })
 }

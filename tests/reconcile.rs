@@ -20,8 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_reissue::reconcile::{
-    AppliedResponseLost, Reconcile, ReconcileRequest, ReconcileTimedOut, Reconciled,
-    Reconciliation,
+    AppliedResponseLost, Reconcile, ReconcileRequest, ReconcileTimedOut, Reconciled, Reconciliation,
 };
 use tower_reissue::retry::GiveUpReason;
 use tower_reissue::{
@@ -169,7 +168,13 @@ impl ApiState {
                     .query()
                     .and_then(|q| q.strip_prefix("reference="))
                     .unwrap_or_default();
-                if self.sent.lock().unwrap().get(reference).is_some_and(|&n| n > 0) {
+                if self
+                    .sent
+                    .lock()
+                    .unwrap()
+                    .get(reference)
+                    .is_some_and(|&n| n > 0)
+                {
                     status(200)
                 } else {
                     status(404)
@@ -218,7 +223,9 @@ fn lookup(base: String, lookups: RetryLayer) -> impl Reconcile {
             let Some(url) = url else {
                 return Ok(Reconciled::Unknown);
             };
-            let response = client.oneshot(Request::get(url).body(Empty::new())?).await?;
+            let response = client
+                .oneshot(Request::get(url).body(Empty::new())?)
+                .await?;
             Ok::<_, BoxError>(match response.status() {
                 StatusCode::OK => Reconciled::Applied,
                 StatusCode::NOT_FOUND => Reconciled::NotApplied,
@@ -251,7 +258,9 @@ fn email_client(
 fn email(api: &EmailApi) -> Request<Full<Bytes>> {
     Request::post(api.url("/emails"))
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from_static(b"{\"to\":\"ada@example.com\"}")))
+        .body(Full::new(Bytes::from_static(
+            b"{\"to\":\"ada@example.com\"}",
+        )))
         .unwrap()
 }
 
@@ -289,7 +298,12 @@ impl Log {
     }
 
     fn reasons(&self) -> Vec<GiveUpReason> {
-        self.gave_up.lock().unwrap().iter().map(|(r, _)| *r).collect()
+        self.gave_up
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, _)| *r)
+            .collect()
     }
 
     fn probes(&self) -> usize {
@@ -354,7 +368,11 @@ async fn not_sent_500_is_reconciled_as_not_applied_and_retried_once() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.extensions().get::<Reconciliation>(), None);
     assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
-    assert_eq!(api.effects(&reference_of(&response)), 1, "exactly one email");
+    assert_eq!(
+        api.effects(&reference_of(&response)),
+        1,
+        "exactly one email"
+    );
     assert_eq!(api.total_effects(), 1);
     assert_eq!(api.sends(), 2);
     assert_eq!(log.probes(), 1);
@@ -373,7 +391,10 @@ async fn dropped_connection_after_the_send_ends_in_an_applied_error() {
 
     let error = email_client(layer).oneshot(email(&api)).await.unwrap_err();
 
-    assert!(error.downcast_ref::<AppliedResponseLost>().is_some(), "{error}");
+    assert!(
+        error.downcast_ref::<AppliedResponseLost>().is_some(),
+        "{error}"
+    );
     assert_eq!(api.total_effects(), 1);
     assert_eq!(api.sends(), 1);
 }
@@ -440,7 +461,11 @@ async fn a_failing_probe_is_unreconciled() {
     let layer = RetryLayer::new().reconcile(lookup(api.url(""), no_retry_lookups()));
     let log = assert_unreconciled(&api, layer).await;
     assert_eq!(api.lookups(), 1);
-    assert!(log.answers()[0].starts_with("error: "), "{:?}", log.answers());
+    assert!(
+        log.answers()[0].starts_with("error: "),
+        "{:?}",
+        log.answers()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -554,15 +579,24 @@ async fn the_reconciler_is_not_asked_about_requests_safe_to_repeat() {
     };
 
     let cases = [
-        ("GET", plain.clone().oneshot(request(Method::GET, "/a")).await),
-        ("PUT", plain.clone().oneshot(request(Method::PUT, "/b")).await),
+        (
+            "GET",
+            plain.clone().oneshot(request(Method::GET, "/a")).await,
+        ),
+        (
+            "PUT",
+            plain.clone().oneshot(request(Method::PUT, "/b")).await,
+        ),
         (
             "keyed POST",
             keyed.clone().oneshot(request(Method::POST, "/c")).await,
         ),
         (
             "processed-No POST",
-            plain.clone().oneshot(request(Method::POST, "/throttled")).await,
+            plain
+                .clone()
+                .oneshot(request(Method::POST, "/throttled"))
+                .await,
         ),
     ];
     for (case, response) in cases {
@@ -699,7 +733,7 @@ async fn run_incident(api: &EmailApi, layer: RetryLayer, ops: usize) -> Run {
     let mut tasks = tokio::task::JoinSet::new();
     // A bounded number in flight, like a worker pool: keeps the number of
     // loopback connections sane.
-    let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    let permits = Arc::new(tokio::sync::Semaphore::new(256));
     for _ in 0..ops {
         let permit = permits.clone().acquire_owned().await.unwrap();
         let (client, request) = (client.clone(), email(api));
