@@ -273,10 +273,13 @@ fn reference_of(response: &Response<Incoming>) -> String {
         .to_owned()
 }
 
-/// (reason, correlation id) of each give-up, and each probe's answer.
+/// (reason, correlation id) of each give-up.
+type GiveUps = Arc<Mutex<Vec<(GiveUpReason, Option<String>)>>>;
+
+/// Each give-up, and each probe's answer.
 #[derive(Clone, Default)]
 struct Log {
-    gave_up: Arc<Mutex<Vec<(GiveUpReason, Option<String>)>>>,
+    gave_up: GiveUps,
     answers: Arc<Mutex<Vec<String>>>,
 }
 

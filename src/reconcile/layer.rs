@@ -17,21 +17,11 @@ use crate::{BoxError, RetryLayer};
 pub(crate) type ReconcileHook = Arc<dyn Fn(&ReconcileEvent<'_>) + Send + Sync>;
 
 /// The reconcile settings of a `RetryLayer`.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct ReconcileConfig {
     reconciler: Option<SharedReconcile>,
     pub(crate) timeout: Option<Duration>,
     on_reconcile: Option<ReconcileHook>,
-}
-
-impl Default for ReconcileConfig {
-    fn default() -> Self {
-        ReconcileConfig {
-            reconciler: None,
-            timeout: None,
-            on_reconcile: None,
-        }
-    }
 }
 
 impl<C> RetryLayer<C> {
