@@ -346,6 +346,17 @@ impl Kind {
     }
 }
 
+/// The retry settings of both tower-reissue clients.
+fn reissue_retries() -> RetryLayer {
+    RetryLayer::new()
+        .max_attempts(10)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .budget(RetryBudget::new(0.2))
+}
+
 fn op_request(addr: SocketAddr, op: u64) -> Request<Full<Bytes>> {
     let path = if op % 2 == 0 { "emails" } else { "payments" };
     Request::builder()
@@ -406,25 +417,16 @@ async fn run_client(
     // calls the API does not deduplicate.
     let reissue = ServiceBuilder::new()
         .option_layer((!args.api_without_keys).then(IdempotencyKeyLayer::new))
-        .layer(
-            RetryLayer::new()
-                .max_attempts(10)
-                .backoff(Backoff::exponential(
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
-                .budget(RetryBudget::new(0.2))
-                .on_give_up(move |event| {
-                    // The dead-letter queue: enough to replay it later,
-                    // with the same key, once the API is back.
-                    if let (Some(op), Some(key)) = (
-                        op_id(event.request.headers()),
-                        event.request.idempotency_key(),
-                    ) {
-                        sink.lock().unwrap().push((op, key.to_owned()));
-                    }
-                }),
-        )
+        .layer(reissue_retries().on_give_up(move |event| {
+            // The dead-letter queue: enough to replay it later,
+            // with the same key, once the API is back.
+            if let (Some(op), Some(key)) = (
+                op_id(event.request.headers()),
+                event.request.idempotency_key(),
+            ) {
+                sink.lock().unwrap().push((op, key.to_owned()));
+            }
+        }))
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
 
     let probes: Arc<AtomicU64> = Arc::default();
@@ -859,13 +861,7 @@ fn reconciling_client(
                 .correlation_only(),
         )
         .layer(
-            RetryLayer::new()
-                .max_attempts(10)
-                .backoff(Backoff::exponential(
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
-                .budget(RetryBudget::new(0.2))
+            reissue_retries()
                 .reconcile(lookup(addr))
                 .on_reconcile(move |_| {
                     probes.fetch_add(1, Ordering::Relaxed);

@@ -322,6 +322,15 @@ fn no_retry_lookups() -> RetryLayer {
     RetryLayer::new().max_attempts(1)
 }
 
+/// Up to 5 attempts, each ambiguous one looked up once, logged.
+fn reconciling(api: &EmailApi) -> (RetryLayer, Log) {
+    let log = Log::default();
+    let layer = RetryLayer::new()
+        .max_attempts(5)
+        .reconcile(lookup(api.url(""), no_retry_lookups()));
+    (log.hook(layer), log)
+}
+
 #[tokio::test(start_paused = true)]
 async fn sent_then_500_is_reconciled_as_applied_and_not_sent_again() {
     let api = EmailApi::start(|route, n| match (route, n) {
@@ -329,12 +338,7 @@ async fn sent_then_500_is_reconciled_as_applied_and_not_sent_again() {
         _ => Fault::None,
     })
     .await;
-    let log = Log::default();
-    let layer = log.hook(
-        RetryLayer::new()
-            .max_attempts(5)
-            .reconcile(lookup(api.url(""), no_retry_lookups())),
-    );
+    let (layer, log) = reconciling(&api);
 
     let response = email_client(layer).oneshot(email(&api)).await.unwrap();
 
@@ -359,12 +363,7 @@ async fn not_sent_500_is_reconciled_as_not_applied_and_retried_once() {
         _ => Fault::None,
     })
     .await;
-    let log = Log::default();
-    let layer = log.hook(
-        RetryLayer::new()
-            .max_attempts(5)
-            .reconcile(lookup(api.url(""), no_retry_lookups())),
-    );
+    let (layer, log) = reconciling(&api);
 
     let response = email_client(layer).oneshot(email(&api)).await.unwrap();
 

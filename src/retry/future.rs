@@ -108,6 +108,12 @@ fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<
     }
 }
 
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_mut()
+        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+}
+
 fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
     match timer {
         Some(sleep) => sleep.as_mut().reset(at),
@@ -133,11 +139,7 @@ where
                     let result = match future.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
-                            let expired = this
-                                .timer
-                                .as_mut()
-                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                            if !expired {
+                            if !expired(this.timer, cx) {
                                 return Poll::Pending;
                             }
                             Err(timed_out(*this.deadline))
@@ -208,11 +210,7 @@ where
                     let answer = match probe.as_mut().poll(cx) {
                         Poll::Ready(answer) => answer,
                         Poll::Pending => {
-                            let expired = this
-                                .timer
-                                .as_mut()
-                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                            if !expired {
+                            if !expired(this.timer, cx) {
                                 return Poll::Pending;
                             }
                             Err(Box::new(ReconcileTimedOut) as BoxError)
