@@ -59,8 +59,10 @@ pin_project! {
         Waiting,
         Ready,
         // Asking the reconciler about the attempt whose result is in `last`.
+        // Boxed once more so that the state stays one pointer wide: a small
+        // attempt future must not grow for the sake of the failure path.
         Reconciling {
-            probe: crate::reconcile::Probe,
+            probe: Box<crate::reconcile::Probe>,
         },
     }
 }
@@ -193,6 +195,7 @@ where
                                         }
                                         *this.last = Some(result);
                                         *this.last_verdict = verdict;
+                                        let probe = Box::new(probe);
                                         this.state.set(State::Reconciling { probe });
                                         continue;
                                     }
@@ -207,7 +210,7 @@ where
                     schedule_retry(&mut this, result, verdict, delay, hold);
                 }
                 StateProj::Reconciling { probe } => {
-                    let answer = match probe.as_mut().poll(cx) {
+                    let answer = match probe.as_mut().as_mut().poll(cx) {
                         Poll::Ready(answer) => answer,
                         Poll::Pending => {
                             if !expired(this.timer, cx) {
@@ -216,47 +219,8 @@ where
                             Err(Box::new(ReconcileTimedOut) as BoxError)
                         }
                     };
-                    this.state.set(State::Ready);
-                    let result = this
-                        .last
-                        .take()
-                        .unwrap_or_else(|| Err("the reconciled attempt's result is gone".into()));
-                    let request = this.template.view().with_attempt(*this.attempt);
-                    let verdict = match crate::reconcile::settle(this.config, &request, answer) {
-                        Settled::Applied => {
-                            let result = crate::reconcile::applied(result);
-                            return Poll::Ready(with_attempts(result, *this.attempt));
-                        }
-                        Settled::Unreconciled => {
-                            let (verdict, reason) =
-                                (*this.last_verdict, GiveUpReason::Unreconciled);
-                            give_up(this.config, request, *this.attempt, verdict, reason);
-                            return Poll::Ready(with_attempts(result, *this.attempt));
-                        }
-                        Settled::NotApplied => Verdict::Transient {
-                            processed: Processed::No,
-                            retry_after: this.last_verdict.retry_after(),
-                        },
-                    };
-                    let decision = decide(
-                        this.config,
-                        this.template,
-                        &request,
-                        verdict,
-                        *this.attempt,
-                        *this.previous_delay,
-                        *this.deadline,
-                    );
-                    match decision {
-                        Ok((delay, hold)) => {
-                            schedule_retry(&mut this, result, verdict, delay, hold)
-                        }
-                        Err(reason) => {
-                            if let Some(reason) = reason {
-                                give_up(this.config, request, *this.attempt, verdict, reason);
-                            }
-                            return Poll::Ready(with_attempts(result, *this.attempt));
-                        }
+                    if let Some(result) = after_probe(&mut this, answer) {
+                        return Poll::Ready(result);
                     }
                 }
                 StateProj::Waiting => {
@@ -296,7 +260,65 @@ where
     }
 }
 
+/// Acts on the reconciler's answer about the attempt held in `last`: the
+/// caller's result, or `None` once the next attempt is set up. Kept out of
+/// `poll` (and cold) so that the attempt's path stays as lean as without
+/// reconciliation.
+#[cold]
+#[inline(never)]
+fn after_probe<S, T, C>(
+    this: &mut ResponseFutureProj<'_, S, T, C>,
+    answer: Result<crate::reconcile::Reconciled, BoxError>,
+) -> Option<Result<S::Response, BoxError>>
+where
+    S: Service<T::Attempt>,
+    S::Response: RetryResponse,
+    T: RequestTemplate,
+{
+    this.state.set(State::Ready);
+    let result = this
+        .last
+        .take()
+        .unwrap_or_else(|| Err("the reconciled attempt's result is gone".into()));
+    let request = this.template.view().with_attempt(*this.attempt);
+    let verdict = match crate::reconcile::settle(this.config, &request, answer) {
+        Settled::Applied => {
+            let result = crate::reconcile::applied(result);
+            return Some(with_attempts(result, *this.attempt));
+        }
+        Settled::Unreconciled => {
+            let (verdict, reason) = (*this.last_verdict, GiveUpReason::Unreconciled);
+            give_up(this.config, request, *this.attempt, verdict, reason);
+            return Some(with_attempts(result, *this.attempt));
+        }
+        Settled::NotApplied => Verdict::Transient {
+            processed: Processed::No,
+            retry_after: this.last_verdict.retry_after(),
+        },
+    };
+    let decision = decide(
+        this.config,
+        this.template,
+        &request,
+        verdict,
+        *this.attempt,
+        *this.previous_delay,
+        *this.deadline,
+    );
+    match decision {
+        Ok((delay, hold)) => schedule_retry(this, result, verdict, delay, hold),
+        Err(reason) => {
+            if let Some(reason) = reason {
+                give_up(this.config, request, *this.attempt, verdict, reason);
+            }
+            return Some(with_attempts(result, *this.attempt));
+        }
+    }
+    None
+}
+
 /// Sets up the next attempt after `delay`; `result` is the failed one.
+#[inline(never)]
 fn schedule_retry<S, T, C>(
     this: &mut ResponseFutureProj<'_, S, T, C>,
     mut result: Result<S::Response, BoxError>,
@@ -378,6 +400,9 @@ fn timed_out(deadline: Option<Instant>) -> BoxError {
 /// still in use below, so keep the failed result until the copy is back);
 /// `Err(None)` on success; `Err(Some(reason))` to hand a failure to the
 /// caller.
+// Inlined into both callers: the attempt's path must not pay a call for the
+// reconcile path's second use of it.
+#[inline(always)]
 fn decide<C, T: RequestTemplate>(
     config: &RetryLayer<C>,
     template: &T,
