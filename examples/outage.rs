@@ -26,7 +26,7 @@
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -38,17 +38,21 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_reissue::circuit::{BreakerState, CircuitBreakerLayer};
 use tower_reissue::dead_letter::{DeadLetterQueue, Replayer, SqliteQueue};
+use tower_reissue::reconcile::{
+    AppliedResponseLost, Reconcile, ReconcileRequest, Reconciled, Reconciliation,
+};
 use tower_reissue::retry::GiveUpReason;
 use tower_reissue::{
-    Attempts, Backoff, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody, RetryBudget,
-    RetryLayer,
+    Attempts, Backoff, IdempotencyKey, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore,
+    ReplayBody, RetryBudget, RetryLayer,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -85,6 +89,11 @@ struct Args {
     /// over `--duration` plus these seconds.
     #[arg(long, default_value_t = 0.0)]
     hard_outage: f64,
+    /// The API ignores `Idempotency-Key` (no `IdempotencyLayer`) but can be
+    /// asked `GET /emails?reference=…`; adds a "tower-reissue + reconcile"
+    /// client that asks before repeating an ambiguous call.
+    #[arg(long)]
+    api_without_keys: bool,
     /// One JSON object per client on standard output instead of the table.
     #[arg(long)]
     json: bool,
@@ -131,6 +140,8 @@ struct Api {
     rng: Mutex<StdRng>,
     /// Side effects per operation id.
     effects: Mutex<HashMap<u64, u32>>,
+    /// The `X-Reference` each operation was sent with, as the API stores it.
+    references: Mutex<HashMap<String, u64>>,
     /// Attempts received per 250 ms bucket, for the chart.
     attempts: Mutex<Vec<u32>>,
     /// When each attempt of the hard outage arrived, from the start.
@@ -253,6 +264,16 @@ async fn perform(api: Arc<Api>, request: Request<axum::body::Body>) -> Response<
             .unwrap();
     };
     *api.effects.lock().unwrap().entry(op).or_default() += 1;
+    if let Some(reference) = request
+        .headers()
+        .get(REFERENCE)
+        .and_then(|v| v.to_str().ok())
+    {
+        api.references
+            .lock()
+            .unwrap()
+            .insert(reference.to_owned(), op);
+    }
     Response::builder()
         .status(StatusCode::CREATED)
         .header("content-type", "application/json")
@@ -277,6 +298,7 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         start,
         rng: Mutex::new(StdRng::seed_from_u64(args.seed ^ salt)),
         effects: Mutex::default(),
+        references: Mutex::default(),
         attempts: Mutex::default(),
         hard_attempts: Mutex::default(),
         recovered_after: Mutex::default(),
@@ -292,9 +314,16 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         )
         .route(
             "/payments",
-            axum::routing::post(move |req| perform(handler_api.clone(), req)),
-        )
-        .layer(IdempotencyLayer::new(MemoryStore::new()));
+            axum::routing::post({
+                let api = handler_api.clone();
+                move |req| perform(api.clone(), req)
+            }),
+        );
+    let app = if args.api_without_keys {
+        with_lookups(app, handler_api)
+    } else {
+        app.layer(IdempotencyLayer::new(MemoryStore::new()))
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_api = api.clone();
@@ -374,6 +403,8 @@ enum Kind {
     Reissue,
     /// The same stack with a circuit breaker under the retry layer.
     Breaker,
+    /// An API without key support: ambiguous failures are looked up.
+    Reconcile,
 }
 
 impl Kind {
@@ -383,6 +414,7 @@ impl Kind {
             Kind::Naive => "naive loop (10x, fixed delay)",
             Kind::Reissue => "tower-reissue",
             Kind::Breaker => "tower-reissue + breaker",
+            Kind::Reconcile => "tower-reissue + reconcile",
         }
     }
 
@@ -392,8 +424,20 @@ impl Kind {
             Kind::Naive => "#d62728",
             Kind::Reissue => "#1f77b4",
             Kind::Breaker => "#2ca02c",
+            Kind::Reconcile => "#9467bd",
         }
     }
+}
+
+/// The retry settings of both tower-reissue clients.
+fn reissue_retries() -> RetryLayer {
+    RetryLayer::new()
+        .max_attempts(10)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .budget(RetryBudget::new(0.2))
 }
 
 fn op_request(addr: SocketAddr, op: u64) -> Request<Full<Bytes>> {
@@ -422,6 +466,10 @@ struct Outcomes {
     opened: Vec<Duration>,
     /// Attempts the API received from this client before any replay.
     received: u64,
+    /// Reconcile probes made (reconcile client only).
+    probes: u64,
+    /// What the reconcile client gave up on: (operation, reference).
+    unreconciled: Vec<(u64, String)>,
 }
 
 type BoxError = tower_reissue::BoxError;
@@ -459,16 +507,12 @@ async fn run_client(
     let counter = parked.clone();
     let opened: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let breaker = (kind == Kind::Breaker).then(|| demo_breaker(start, opened.clone()));
+    // An API that ignores keys gets none: they would make the layer repeat
+    // calls the API does not deduplicate.
     let reissue = ServiceBuilder::new()
-        .layer(IdempotencyKeyLayer::new())
+        .option_layer((!args.api_without_keys).then(IdempotencyKeyLayer::new))
         .layer(
-            RetryLayer::new()
-                .max_attempts(10)
-                .backoff(Backoff::exponential(
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
-                .budget(RetryBudget::new(0.2))
+            reissue_retries()
                 // Parked with key and body, to replay once the API is back.
                 .dead_letters(queue)
                 .on_give_up(move |event| {
@@ -482,6 +526,9 @@ async fn run_client(
         .map_err(boxed)
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
 
+    let probes: Arc<AtomicU64> = Arc::default();
+    let unreconciled: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let reconciling = reconciling_client(addr, unreconciled.clone(), probes.clone());
     let results: Arc<Mutex<Outcomes>> = Arc::default();
     let mut tasks = Vec::with_capacity(args.ops);
     let spacing = Duration::from_secs_f64(args.total() / args.ops as f64);
@@ -489,6 +536,7 @@ async fn run_client(
         tokio::time::sleep_until(start + spacing * op as u32).await;
         let (plain, reissue, results, bar) =
             (plain.clone(), reissue.clone(), results.clone(), bar.clone());
+        let reconciling = reconciling.clone();
         tasks.push(tokio::spawn(async move {
             let began = Instant::now();
             let (ok, attempts) = match kind {
@@ -497,6 +545,7 @@ async fn run_client(
                     1,
                 ),
                 Kind::Naive => naive_call(&plain, addr, op).await,
+                Kind::Reconcile => reconciled_call(reconciling, op_request(addr, op)).await,
                 Kind::Reissue | Kind::Breaker => {
                     let result: Result<Response<Incoming>, BoxError> = reissue.oneshot(op_request(addr, op)).await;
                     match result {
@@ -523,6 +572,8 @@ async fn run_client(
     let mut outcomes = std::mem::take(&mut *results.lock().unwrap());
     outcomes.parked = parked.load(std::sync::atomic::Ordering::Relaxed);
     outcomes.opened = std::mem::take(&mut *opened.lock().unwrap());
+    outcomes.probes = probes.load(Ordering::Relaxed);
+    outcomes.unreconciled = std::mem::take(&mut *unreconciled.lock().unwrap());
     outcomes
 }
 
@@ -606,6 +657,7 @@ fn client_json(
         "duplicates": api.duplicates(),
         "lost": lost,
         "attempts_per_op": received as f64 / args.ops as f64,
+        "probes": outcome.probes,
     });
     if args.hard_outage > 0.0 {
         let hard = hard_outage(args, api, outcome, kind);
@@ -635,8 +687,13 @@ async fn fresh_queue(path: &std::path::Path) -> Result<SqliteQueue, BoxError> {
 fn queue_path(args: &Args, kind: Kind) -> PathBuf {
     match kind {
         Kind::Breaker => {
-            let stem = args.dead_letters.file_stem().unwrap_or_default().to_string_lossy();
-            args.dead_letters.with_file_name(format!("{stem}-breaker.sqlite"))
+            let stem = args
+                .dead_letters
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy();
+            args.dead_letters
+                .with_file_name(format!("{stem}-breaker.sqlite"))
         }
         _ => args.dead_letters.clone(),
     }
@@ -854,6 +911,9 @@ async fn main() -> Result<(), BoxError> {
     if args.hard_outage > 0.0 {
         kinds.push(Kind::Breaker);
     }
+    if args.api_without_keys {
+        kinds.push(Kind::Reconcile);
+    }
     let start = Instant::now() + Duration::from_millis(200);
     let mut apis = Vec::new();
     for (salt, _) in kinds.iter().enumerate() {
@@ -916,15 +976,24 @@ async fn main() -> Result<(), BoxError> {
             Kind::Reissue | Kind::Breaker => {
                 Some(replay_dead_letters(queue, outcome.parked, !args.json).await?)
             }
+            // Keyless: each is looked up before it is sent again.
+            Kind::Reconcile => {
+                let addr = apis[replays.len()].0;
+                Some(replay_reconciled(addr, &outcome.unreconciled).await)
+            }
             _ => None,
         });
     }
     let lost = |api: &Api| (0..args.ops as u64).filter(|op| !api.executed(*op)).count();
 
     if args.json {
-        for ((kind, (_, api)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
-            println!("{}", client_json(*kind, &args, api, outcome, lost(api)));
-        }
+        let rows = kinds.iter().zip(&apis).zip(&outcomes);
+        let rows = rows
+            .map(|((kind, (_, api)), outcome)| client_json(*kind, &args, api, outcome, lost(api)));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows.collect::<Vec<_>>())?
+        );
     } else {
         report(&args, &kinds, &apis, &mut outcomes, &replays);
     }
@@ -989,10 +1058,20 @@ fn report(
         let (Some((recovered, still)), (_, api)) = (replays[i], &apis[i]) else {
             continue;
         };
-        let label = match kind {
-            Kind::Breaker => "tower-reissue + breaker",
-            _ => "tower-reissue",
-        };
+        if *kind == Kind::Reconcile {
+            let outcome = &outcomes[i];
+            println!(
+                "tower-reissue + reconcile: {} probes; {} operations given up and replayed after the incident, each looked up first: {} done, {} still failing; {} lost, {} duplicates after replay.",
+                outcome.probes,
+                outcome.unreconciled.len(),
+                recovered,
+                still,
+                lost(api),
+                api.duplicates()
+            );
+            continue;
+        }
+        let label = kind.label();
         println!(
             "{label}: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
             api.duplicates(),
@@ -1027,4 +1106,144 @@ fn report(
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// An API that ignores keys, and the client that asks instead (--api-without-keys)
+// ---------------------------------------------------------------------------
+
+/// The header the API stores with each operation, so it can be found later.
+const REFERENCE: http::HeaderName = http::HeaderName::from_static("x-reference");
+
+/// Adds `GET /emails?reference=…` and `GET /payments?reference=…`: 200 if an
+/// operation sent with that `X-Reference` took effect, 404 if not. They sit
+/// behind the same faults as everything else.
+fn with_lookups(app: axum::Router, api: Arc<Api>) -> axum::Router {
+    let find = move |uri: http::Uri| {
+        let api = api.clone();
+        async move {
+            let reference = uri.query().and_then(|q| q.strip_prefix("reference="));
+            let op = reference.and_then(|r| api.references.lock().unwrap().get(r).copied());
+            if op.is_some_and(|op| api.executed(op)) {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            }
+        }
+    };
+    app.route("/emails", axum::routing::get(find.clone()))
+        .route("/payments", axum::routing::get(find))
+}
+
+/// Looks an operation up by its reference, through a retry layer of its own
+/// (a lookup is a GET: safe to repeat).
+fn lookup(addr: SocketAddr) -> impl Reconcile + Clone {
+    let lookups = RetryLayer::new()
+        .max_attempts(3)
+        .layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Empty<Bytes>>>());
+    move |request: ReconcileRequest| {
+        let lookups = lookups.clone();
+        let url = request
+            .correlation_id()
+            .map(|id| format!("http://{addr}{}?reference={id}", request.uri().path()));
+        async move {
+            let Some(url) = url else {
+                return Ok(Reconciled::Unknown);
+            };
+            let found = lookups
+                .oneshot(Request::get(url).body(Empty::new())?)
+                .await?;
+            Ok::<_, BoxError>(match found.status() {
+                StatusCode::OK => Reconciled::Applied,
+                StatusCode::NOT_FOUND => Reconciled::NotApplied,
+                _ => Reconciled::Unknown,
+            })
+        }
+    }
+}
+
+type ReconcilingClient =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
+
+/// tower-reissue for an API that ignores keys: each operation carries a
+/// reference the API stores (a correlation id, not a promise of
+/// deduplication), and an ambiguous failure is looked up before any retry.
+/// What it gives up on goes to `dead_letters` with its reference.
+fn reconciling_client(
+    addr: SocketAddr,
+    dead_letters: Arc<Mutex<Vec<(u64, String)>>>,
+    probes: Arc<AtomicU64>,
+) -> ReconcilingClient {
+    let client = ServiceBuilder::new()
+        .layer(
+            IdempotencyKeyLayer::new()
+                .header(REFERENCE)
+                .correlation_only(),
+        )
+        .layer(
+            reissue_retries()
+                .reconcile(lookup(addr))
+                .on_reconcile(move |_| {
+                    probes.fetch_add(1, Ordering::Relaxed);
+                })
+                .on_give_up(move |event| {
+                    if let (Some(op), Some(reference)) = (
+                        op_id(event.request.headers()),
+                        event.request.idempotency_key(),
+                    ) {
+                        dead_letters
+                            .lock()
+                            .unwrap()
+                            .push((op, reference.to_owned()));
+                    }
+                }),
+        )
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    tower::util::BoxCloneSyncService::new(client)
+}
+
+/// One operation through the reconciling client: (took effect as far as
+/// the caller knows, attempts).
+async fn reconciled_call(client: ReconcilingClient, request: Request<Full<Bytes>>) -> (bool, u64) {
+    match client.oneshot(request).await {
+        Ok(response) => {
+            let attempts = response
+                .extensions()
+                .get::<Attempts>()
+                .map_or(1, |a| u64::from(a.get()));
+            let applied = response.extensions().get::<Reconciliation>().is_some();
+            (response.status().is_success() || applied, attempts)
+        }
+        Err(error) => (error.downcast_ref::<AppliedResponseLost>().is_some(), 0),
+    }
+}
+
+/// Replays given-up operations of the reconciling client once the API is
+/// back: each is looked up first (it may have taken effect), and sent again
+/// with its reference only if it did not.
+async fn replay_reconciled(addr: SocketAddr, dead: &[(u64, String)]) -> (u64, u64) {
+    let lookup = lookup(addr);
+    let client = reconciling_client(addr, Arc::default(), Arc::default());
+    let (mut done, mut still_failing) = (0, 0);
+    for (op, reference) in dead {
+        let mut request = op_request(addr, *op);
+        let Ok(key) = IdempotencyKey::new(reference) else {
+            still_failing += 1;
+            continue;
+        };
+        let question = ReconcileRequest::new(Method::POST, request.uri().clone())
+            .with_correlation_id(key.clone());
+        let ok = match lookup.reconcile(question).await {
+            Ok(Reconciled::Applied) => true,
+            Ok(Reconciled::NotApplied) => {
+                request
+                    .headers_mut()
+                    .insert(REFERENCE, key.header_value().clone());
+                reconciled_call(client.clone(), request).await.0
+            }
+            _ => false,
+        };
+        if ok { done += 1 } else { still_failing += 1 }
+    }
+    (done, still_failing)
 }

@@ -115,6 +115,7 @@ pub mod dead_letter;
 pub mod idempotency;
 pub mod idempotency_key;
 pub mod once;
+pub mod reconcile;
 pub mod request;
 pub mod retry;
 mod time;
@@ -129,6 +130,7 @@ pub use idempotency::store::RedisStore;
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
 pub use once::{Once, OnceError, Ran};
+pub use reconcile::{Reconcile, Reconciled, Reconciliation};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
 /// The error type of the middleware: the wrapped service's error, boxed, or

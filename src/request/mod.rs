@@ -62,7 +62,7 @@ pub trait RequestTemplate {
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable>;
 
     /// The body bytes the template kept, exactly as the server was sent
-    /// them, for a dead letter. The default keeps none.
+    /// them, for a dead letter or a reconciler. The default keeps none.
     fn kept_body(&self) -> Result<bytes::Bytes, NotReplayable> {
         Err(NotReplayable::Unclonable)
     }

@@ -52,6 +52,7 @@ pub struct RetryLayer<C = DefaultClassifier> {
     pub(crate) on_retry: Option<RetryHook>,
     pub(crate) on_give_up: Option<GiveUpHook>,
     pub(crate) dead_letters: Option<DeadLetters>,
+    pub(crate) reconcile: crate::reconcile::ReconcileConfig,
 }
 
 impl RetryLayer {
@@ -74,6 +75,7 @@ impl RetryLayer {
             on_retry: None,
             on_give_up: None,
             dead_letters: None,
+            reconcile: Default::default(),
         }
     }
 }
@@ -107,6 +109,7 @@ impl<C> RetryLayer<C> {
             on_retry: self.on_retry,
             on_give_up: self.on_give_up,
             dead_letters: self.dead_letters,
+            reconcile: self.reconcile,
         }
     }
 
@@ -296,6 +299,7 @@ impl<C: Clone> Clone for RetryLayer<C> {
             on_retry: self.on_retry.clone(),
             on_give_up: self.on_give_up.clone(),
             dead_letters: self.dead_letters.clone(),
+            reconcile: self.reconcile.clone(),
         }
     }
 }

@@ -11,7 +11,9 @@
 //!    [`IdempotencyKey`](crate::IdempotencyKey) extension, an
 //!    `Idempotency-Key` header, or the key an
 //!    [`IdempotencyKeyLayer`](crate::IdempotencyKeyLayer) below this layer
-//!    gave its first attempt); a [`Retryable`] extension forces either way;
+//!    gave its first attempt), or it is conditional (`If-Match`,
+//!    `If-None-Match: *`, `If-Unmodified-Since`: a repeat after the first took
+//!    effect fails with 412); a [`Retryable`] extension forces either way;
 //! 3. fewer than `max_attempts` attempts were made (default 3, counting the
 //!    first);
 //! 4. the body can be replayed (it fit in `replay_limit`, default 64 KiB);
@@ -153,6 +155,9 @@ pub enum GiveUpReason {
     Deadline,
     /// The retry budget is exhausted.
     BudgetExhausted,
+    /// The request may have taken effect and the reconciler could not tell
+    /// whether it did (it answered `Unknown`, failed, or timed out).
+    Unreconciled,
 }
 
 impl GiveUpReason {
@@ -176,6 +181,7 @@ impl GiveUpReason {
             GiveUpReason::RetryAfterTooLong => "retry_after_too_long",
             GiveUpReason::Deadline => "deadline",
             GiveUpReason::BudgetExhausted => "budget_exhausted",
+            GiveUpReason::Unreconciled => "unreconciled",
         }
     }
 }
@@ -195,6 +201,9 @@ impl fmt::Display for GiveUpReason {
             }
             GiveUpReason::Deadline => f.write_str("the deadline leaves no time for another attempt"),
             GiveUpReason::BudgetExhausted => f.write_str("the retry budget is exhausted"),
+            GiveUpReason::Unreconciled => {
+                f.write_str("the reconciler could not tell whether the request took effect")
+            }
         }
     }
 }
@@ -271,7 +280,10 @@ pub(crate) fn safety(request: &RequestView<'_>, processed: Processed) -> Result<
         Some(Retryable::Yes) => return Ok(()),
         None => {}
     }
-    if processed == Processed::No || request.is_idempotent_method() || request.has_idempotency_key()
+    if processed == Processed::No
+        || request.is_idempotent_method()
+        || request.has_idempotency_key()
+        || crate::reconcile::is_conditional(request.headers())
     {
         Ok(())
     } else {
