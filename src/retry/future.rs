@@ -213,6 +213,10 @@ where
                 }
                 StateProj::Ready => {
                     if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        let attempts = *this.attempt - 1;
+                        let request = this.template.view().with_attempt(attempts);
+                        let reason = GiveUpReason::ServiceNotReady;
+                        give_up(this.config, request, attempts, *this.last_verdict, reason);
                         return Poll::Ready(this.last.take().unwrap_or_else(|| Err(error.into())));
                     }
                     let request = match this.template.replay() {

@@ -153,6 +153,10 @@ pub enum GiveUpReason {
     Deadline,
     /// The retry budget is exhausted.
     BudgetExhausted,
+    /// The wrapped service failed in `poll_ready` before the next attempt
+    /// (it closed, or its connection pool broke): the caller gets the last
+    /// attempt's result, or that error if there was none to keep.
+    ServiceNotReady,
 }
 
 impl fmt::Display for GiveUpReason {
@@ -170,6 +174,9 @@ impl fmt::Display for GiveUpReason {
             }
             GiveUpReason::Deadline => f.write_str("the deadline leaves no time for another attempt"),
             GiveUpReason::BudgetExhausted => f.write_str("the retry budget is exhausted"),
+            GiveUpReason::ServiceNotReady => {
+                f.write_str("the service failed to become ready for the next attempt")
+            }
         }
     }
 }
