@@ -127,3 +127,36 @@ async fn outage() {
     }
     let _ = std::fs::remove_file(svg);
 }
+
+#[tokio::test]
+async fn consumer() {
+    let out = run("consumer", &[]).await;
+    assert!(
+        out.contains("emails sent: 2000, users emailed exactly once: 2000/2000, duplicates: 0"),
+        "{out}"
+    );
+    assert!(out.contains("every delivery acked: yes"), "{out}");
+    assert!(!out.contains(" 0 crashes mid-handler"), "{out}");
+}
+
+#[cfg(feature = "redis")]
+#[path = "redis_server/mod.rs"]
+mod redis_server;
+
+/// Two worker processes on one RedisStore: one stopped past its lease, one
+/// killed mid-handler.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn consumer_on_redis() {
+    let server = redis_server::RedisServer::shared();
+    let out = run("consumer", &["--redis", server.url()]).await;
+    for expected in [
+        "taken over by the other worker; its stale claim refused by fencing: yes",
+        "killed (SIGKILL) mid-handler",
+        "its claim taken over after the lease: yes",
+        "emails sent: 300, users emailed exactly once: 300/300, duplicates: 0",
+        "every delivery acked: yes",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+}
