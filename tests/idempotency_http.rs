@@ -472,6 +472,34 @@ async fn server_errors_release_and_forced_results_are_kept() {
 }
 
 #[tokio::test]
+async fn with_store_server_errors_a_retry_gets_the_same_500() {
+    let effects = Effects::default();
+    let http = Http::new(
+        Router::new()
+            .route("/flaky", post(fails_first))
+            .route("/declined", post(declined_201))
+            .layer(IdempotencyLayer::new(MemoryStore::new()).store_server_errors())
+            .with_state(effects.clone()),
+    )
+    .await;
+
+    let first = http.post("/flaky", "k-500").await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    for _ in 0..3 {
+        let retry = http.post("/flaky", "k-500").await;
+        assert_eq!(
+            (retry.status, retry.text(), retry.replayed()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "attempt 1", true)
+        );
+    }
+    assert_eq!(effects.count(), 1);
+    // A handler's own decision still wins.
+    http.post("/declined", "k-declined").await;
+    assert!(!http.post("/declined", "k-declined").await.replayed());
+    assert_eq!(effects.count(), 3);
+}
+
+#[tokio::test]
 async fn a_panic_releases_the_claim_with_catch_panic_outside_or_inside() {
     for catch_panic_outside in [true, false] {
         let effects = Effects::default();

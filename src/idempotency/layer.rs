@@ -21,6 +21,7 @@ pub(crate) struct Config {
     pub(crate) wait_poll_interval: Duration,
     pub(crate) fail_open: bool,
     pub(crate) store_retry_after: Duration,
+    pub(crate) store_server_errors: bool,
 }
 
 impl Default for Config {
@@ -36,6 +37,7 @@ impl Default for Config {
             wait_poll_interval: Duration::from_millis(50),
             fail_open: false,
             store_retry_after: Duration::from_secs(5),
+            store_server_errors: false,
         }
     }
 }
@@ -222,6 +224,26 @@ impl<St, P> IdempotencyLayer<St, P> {
     /// ```
     pub fn store_retry_after(self, retry_after: Duration) -> Self {
         self.configure(|c| c.store_retry_after = retry_after)
+    }
+
+    /// Stores 5xx responses too, as Stripe does: a retry gets the same 5xx
+    /// replayed and the handler never runs a second time.
+    ///
+    /// By default a 5xx releases the claim so that a retry runs the handler
+    /// again, which is right for a handler that fails *before* its effect
+    /// (it rolls back, or the failure was a dependency refusing the call).
+    /// A handler that may fail *after* its effect (the email went out, then
+    /// writing the receipt failed) should store: a second run would repeat
+    /// the effect. Per response, the [`StoreDecision`](super::StoreDecision)
+    /// extension still overrides either choice, and a service error or a
+    /// panic (no response to store) always releases.
+    ///
+    /// ```
+    /// # use tower_reissue::{IdempotencyLayer, MemoryStore};
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).store_server_errors();
+    /// ```
+    pub fn store_server_errors(self) -> Self {
+        self.configure(|c| c.store_server_errors = true)
     }
 
     /// Scopes records by another [`PrincipalExtractor`], such as a closure

@@ -198,7 +198,7 @@ where
         return Ok(inner.call(request).await?.map(ResponseBody::inner));
     };
     let held = HeldClaim::new(store, record, token);
-    let mut work = pin!(execute(inner, request, config.max_body));
+    let mut work = pin!(execute(inner, request, &config));
     let executed = match held.renewing(config.lease, work.as_mut()).await {
         Renewal::Finished(executed) => executed,
         // The client still gets its response; the store keeps the record of
@@ -292,7 +292,7 @@ enum Executed<B> {
 async fn execute<S, ReqBody, ResBody>(
     mut inner: S,
     request: Request<ReqBody>,
-    max_body: usize,
+    config: &Config,
 ) -> Result<Executed<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -303,7 +303,7 @@ where
     let keep = match response.extensions().get::<StoreDecision>() {
         Some(StoreDecision::Store) => true,
         Some(StoreDecision::Release) => false,
-        None => stored_by_default(response.status()),
+        None => stored_by_default(response.status(), config.store_server_errors),
     };
     if !keep {
         return Ok(Executed::Release(response.map(ResponseBody::inner)));
@@ -311,6 +311,7 @@ where
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let not_stored = Outcome::NotStored { status };
+    let max_body = config.max_body;
     if body.size_hint().lower() > max_body as u64 {
         let response = Response::from_parts(parts, ResponseBody::inner(body));
         return Ok(Executed::Store(response, not_stored));
@@ -335,9 +336,13 @@ where
 }
 
 /// Results a retry could change (a timeout, a conflict, rate limiting, a
-/// server error) are not stored, so the key can run again.
-fn stored_by_default(status: StatusCode) -> bool {
-    !(status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 425 | 429))
+/// server error unless the layer stores those) are not stored, so the key
+/// can run again.
+fn stored_by_default(status: StatusCode, store_server_errors: bool) -> bool {
+    if status.is_server_error() {
+        return store_server_errors;
+    }
+    !matches!(status.as_u16(), 408 | 409 | 425 | 429)
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap) {
