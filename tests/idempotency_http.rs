@@ -824,6 +824,126 @@ impl IdempotencyStore for DownStore {
     }
 }
 
+/// A `MemoryStore` that becomes unreachable for `outage` from the first
+/// completion on: every operation fails meanwhile.
+#[derive(Clone)]
+struct FailsAtCompletion {
+    inner: MemoryStore,
+    outage: Duration,
+    down_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl FailsAtCompletion {
+    fn new(outage: Duration) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            outage,
+            down_until: Arc::default(),
+        }
+    }
+
+    fn check(&self, completing: bool) -> Result<(), StoreError> {
+        let now = tokio::time::Instant::now();
+        let mut down_until = self.down_until.lock().unwrap();
+        if completing && down_until.is_none() {
+            *down_until = Some(now + self.outage);
+        }
+        match *down_until {
+            Some(until) if now < until => Err(StoreError::unavailable(std::io::Error::other(
+                "connection refused",
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl IdempotencyStore for FailsAtCompletion {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.check(false)?;
+        self.inner.claim(key, fingerprint, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.check(true)?;
+        self.inner.complete(key, token, outcome, ttl).await
+    }
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.check(false)?;
+        self.inner.renew(key, token, lease).await
+    }
+    async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
+        self.check(false)?;
+        self.inner.release(key, token).await
+    }
+}
+
+fn orders_on(store: FailsAtCompletion, effects: &Effects, lease: Duration) -> Router {
+    Router::new()
+        .route("/orders", post(create))
+        .layer(IdempotencyLayer::new(store).lease(lease))
+        .with_state(effects.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_during_a_one_second_store_outage_is_retried() {
+    let effects = Effects::default();
+    let lease = Duration::from_secs(10);
+    let store = FailsAtCompletion::new(Duration::from_secs(1));
+    let http = Http::new(orders_on(store.clone(), &effects, lease)).await;
+
+    let first = http.post("/orders", "k").await;
+    assert_eq!(
+        (first.status, first.text()),
+        (StatusCode::CREATED, "created #1")
+    );
+    // Long after the lease: a claim left in flight would have run out and
+    // the retry would run the handler again.
+    tokio::time::sleep(lease * 3).await;
+    let retry = http.post("/orders", "k").await;
+    assert_eq!((retry.text(), retry.replayed()), ("created #1", true));
+    assert_eq!(effects.count(), 1, "the handler ran again");
+    // The result is in the store itself, not only in this process.
+    let elsewhere = Http::new(orders_on(store, &effects, lease)).await;
+    assert!(elsewhere.post("/orders", "k").await.replayed());
+    assert_eq!(effects.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_store_never_took_answers_this_instances_duplicates() {
+    let effects = Effects::default();
+    let lease = Duration::from_secs(10);
+    let http = Http::new(orders_on(
+        FailsAtCompletion::new(lease * 6),
+        &effects,
+        lease,
+    ))
+    .await;
+
+    assert_eq!(http.post("/orders", "k").await.status, StatusCode::CREATED);
+    tokio::time::sleep(lease * 10).await;
+    // The store is back and its claim has expired; this process still knows.
+    let retry = http.post("/orders", "k").await;
+    assert_eq!((retry.text(), retry.replayed()), ("created #1", true));
+    let reused = http.post_body("/orders", "k", "another payload").await;
+    assert_eq!(reused.problem_type(), "idempotency-key-reused");
+    assert_eq!(effects.count(), 1, "the handler ran again");
+}
+
 #[tokio::test]
 async fn an_unavailable_store_fails_closed_or_open() {
     let effects = Effects::default();

@@ -4,6 +4,7 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
+use super::exec::KeptResults;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::service::Idempotency;
 use super::store::IdempotencyStore;
@@ -22,6 +23,7 @@ pub(crate) struct Config {
     pub(crate) fail_open: bool,
     pub(crate) store_retry_after: Duration,
     pub(crate) store_server_errors: bool,
+    pub(crate) kept: KeptResults,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             fail_open: false,
             store_retry_after: Duration::from_secs(5),
             store_server_errors: false,
+            kept: KeptResults::default(),
         }
     }
 }

@@ -14,15 +14,13 @@ use tower_service::Service;
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
-use super::exec::{self, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
+use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
 use super::future::ResponseFuture;
 use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::problem::Problem;
-use super::store::{
-    FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoredResponse,
-};
+use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoredResponse};
 
 /// The response header marking a replayed result.
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -188,7 +186,13 @@ where
         Err(problem) => return Ok(problem.into_response()),
     };
     let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &body);
-    let token = match claim(&store, &config, &record, &fingerprint).await {
+    let rules = ClaimRules {
+        lease: config.lease,
+        wait_for_result: config.wait_for_result,
+        wait_poll_interval: config.wait_poll_interval,
+        kept: config.kept.clone(),
+    };
+    let token = match claim(&store, &config, &rules, &record, &fingerprint).await {
         Ok(token) => token,
         Err(answer) => return Ok(answer),
     };
@@ -197,7 +201,7 @@ where
         // Failing open: the store could not be asked, run unprotected.
         return Ok(inner.call(request).await?.map(ResponseBody::inner));
     };
-    let held = HeldClaim::new(store, record, token);
+    let held = HeldClaim::new(store, record, fingerprint, token, &rules);
     let mut work = pin!(execute(inner, request, &config));
     let executed = match held.renewing(config.lease, work.as_mut()).await {
         Renewal::Finished(executed) => executed,
@@ -242,14 +246,10 @@ where
 async fn claim<St: IdempotencyStore, B>(
     store: &St,
     config: &Config,
+    rules: &ClaimRules,
     record: &RecordKey,
     fingerprint: &Fingerprint,
-) -> Result<Option<FencingToken>, Response<ResponseBody<B>>> {
-    let rules = ClaimRules {
-        lease: config.lease,
-        wait_for_result: config.wait_for_result,
-        wait_poll_interval: config.wait_poll_interval,
-    };
+) -> Result<Option<Acquired>, Response<ResponseBody<B>>> {
     match exec::claim(store, record, fingerprint, rules).await {
         Ok(Claimed::Acquired(token)) => Ok(Some(token)),
         Ok(Claimed::Completed(outcome)) => Err(replay(outcome)),
