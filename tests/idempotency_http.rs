@@ -722,6 +722,115 @@ async fn a_full_memory_store_evicts_and_never_grows_past_its_bound() {
     assert_eq!(effects.count(), 21);
 }
 
+impl Http {
+    async fn post_as(&self, auth: &str, path: &str, key: &str) -> Reply {
+        let headers: &[(&str, &[u8])] = &[
+            ("idempotency-key", key.as_bytes()),
+            ("authorization", auth.as_bytes()),
+        ];
+        self.send(Method::POST, path, headers, "payload").await
+    }
+}
+
+#[tokio::test]
+async fn a_key_flood_from_one_client_evicts_nobody_elses_results() {
+    // Default store and layer: the quotas are on without any setting.
+    let effects = Effects::default();
+    let store = MemoryStore::new();
+    let http = Http::new(app(&effects, IdempotencyLayer::new(store.clone()))).await;
+    let victim = http
+        .post_as("Bearer victim", "/orders", "victim-order")
+        .await;
+    assert_eq!(victim.status, StatusCode::CREATED);
+
+    // More fresh keys than the whole store holds, sixteen at a time.
+    let flood = 11_000;
+    let mut statuses = std::collections::HashMap::<StatusCode, usize>::new();
+    let mut last_refusal = None;
+    for batch in (0..flood).collect::<Vec<_>>().chunks(16) {
+        let replies = batch.iter().map(|i| {
+            let http = http.clone();
+            async move {
+                http.post_as("Bearer flood", "/orders", &format!("fresh-{i}"))
+                    .await
+            }
+        });
+        for reply in futures_util::future::join_all(replies).await {
+            *statuses.entry(reply.status).or_default() += 1;
+            if reply.status == StatusCode::TOO_MANY_REQUESTS {
+                last_refusal = Some(reply);
+            }
+        }
+    }
+    assert_eq!(statuses[&StatusCode::CREATED], 1_000, "{statuses:?}");
+    assert_eq!(statuses[&StatusCode::TOO_MANY_REQUESTS], flood - 1_000);
+    let refusal = last_refusal.unwrap();
+    assert_eq!(refusal.problem_type(), "quota-exceeded");
+    // Room comes back when the flood's oldest result expires, in 24 h.
+    let retry_after: u64 = refusal.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (23 * 3600..=24 * 3600).contains(&retry_after),
+        "{retry_after}"
+    );
+    assert_eq!(store.len(), 1_001);
+
+    let retry = http
+        .post_as("Bearer victim", "/orders", "victim-order")
+        .await;
+    assert_eq!((retry.text(), retry.replayed()), ("created #1", true));
+    assert_eq!(effects.count(), 1 + 1_000, "the victim's request ran again");
+    let another = http
+        .post_as("Bearer victim", "/orders", "victim-order-2")
+        .await;
+    assert_eq!(
+        another.status,
+        StatusCode::CREATED,
+        "the victim is not throttled"
+    );
+}
+
+#[tokio::test]
+async fn one_client_may_hold_a_hundred_claims_in_flight() {
+    let effects = Effects::default();
+    let http = Http::new(app(&effects, IdempotencyLayer::new(MemoryStore::new()))).await;
+    let running: Vec<_> = (0..100)
+        .map(|i| {
+            let http = http.clone();
+            tokio::spawn(async move {
+                http.post_as("Bearer busy", "/gated", &format!("k-{i}"))
+                    .await
+            })
+        })
+        .collect();
+    while effects.count() < 100 {
+        effects.started.notified().await;
+    }
+    let over = http.post_as("Bearer busy", "/gated", "k-100").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.problem_type(), "quota-exceeded");
+    assert_eq!(over.headers["retry-after"], "1");
+    // Another client is not affected.
+    let other = tokio::spawn({
+        let http = http.clone();
+        async move { http.post_as("Bearer calm", "/gated", "k-0").await }
+    });
+    while effects.count() < 101 {
+        effects.started.notified().await;
+    }
+    for _ in 0..101 {
+        effects.gate.notify_one();
+    }
+    for reply in running {
+        assert_eq!(reply.await.unwrap().status, StatusCode::CREATED);
+    }
+    assert_eq!(other.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(effects.count(), 101);
+}
+
 // ---------- 8. max_body ----------
 
 /// A body of several chunks with no size hint, like a streamed response.

@@ -77,6 +77,12 @@
 //! `original_status` gives the first response's status. The handler does not
 //! run again.
 //!
+//! ## quota-exceeded
+//! `429` with `Retry-After`: the client (its principal) holds as many
+//! records as the store's quota allows (see
+//! [`MemoryStore`'s quotas](MemoryStore#quotas)). The request did not run,
+//! and nobody else's records were dropped for it.
+//!
 //! ## store-unavailable
 //! `503` with `Retry-After`: the store failed, and the layer fails closed (see
 //! [`fail_open`](IdempotencyLayer::fail_open)).

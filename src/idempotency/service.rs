@@ -20,7 +20,7 @@ use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::problem::Problem;
-use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoredResponse};
+use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError, StoredResponse};
 
 /// The response header marking a replayed result.
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -258,6 +258,10 @@ async fn claim<St: IdempotencyStore, B>(
             retry_after: config.conflict_retry_after,
         }
         .into_response()),
+        // Not a failure of the store: failing open would let the flood in.
+        Err(Refused::Store(StoreError::QuotaExceeded { retry_after })) => {
+            Err(Problem::QuotaExceeded { retry_after }.into_response())
+        }
         Err(Refused::Store(_)) if config.fail_open => Ok(None),
         Err(Refused::Store(_)) => Err(Problem::StoreUnavailable {
             retry_after: config.store_retry_after,

@@ -28,6 +28,8 @@ mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
+#[cfg(all(fuzzing, feature = "redis"))]
+pub(crate) use self::redis::parse_claim as parse_redis_claim;
 pub use memory::MemoryStore;
 
 use std::error::Error as StdError;
@@ -80,7 +82,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 ///   the claim with [`StoreError::Full`]; it must never drop a live in-flight
 ///   record to make room (that would allow a second execution), but it may
 ///   drop completed records early, and it should drop records that are no
-///   longer live first.
+///   longer live first. It may bound what one principal holds, failing that
+///   principal's claims with [`StoreError::QuotaExceeded`] rather than
+///   dropping anyone else's records.
 ///
 /// The futures must be `Send` so the layer can be used on a multi-threaded
 /// runtime; writing the methods as `async fn` in the `impl` works.
@@ -519,6 +523,12 @@ pub enum StoreError {
     LeaseLost,
     /// The store is at its size limit and holds only live in-flight records.
     Full,
+    /// The claim's principal holds as many records as its quota allows (see
+    /// [`MemoryStore`'s quotas](MemoryStore#quotas)); nothing was changed.
+    QuotaExceeded {
+        /// When the principal may expect room again.
+        retry_after: Duration,
+    },
     /// The store could not be reached or did not answer; the operation's effect
     /// is unknown.
     Unavailable(Box<dyn StdError + Send + Sync>),
@@ -548,6 +558,10 @@ impl fmt::Display for StoreError {
                 f.write_str("idempotency claim lost: lease expired or taken over")
             }
             StoreError::Full => f.write_str("idempotency store full of in-flight records"),
+            StoreError::QuotaExceeded { retry_after } => write!(
+                f,
+                "idempotency quota of this principal exceeded; room again in {retry_after:?}"
+            ),
             StoreError::Unavailable(_) => f.write_str("idempotency store unavailable"),
             StoreError::Corrupt(what) => {
                 write!(f, "idempotency store returned corrupt data: {what}")
