@@ -106,6 +106,10 @@ pub mod request;
 pub mod retry;
 mod time;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};

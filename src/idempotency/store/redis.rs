@@ -398,7 +398,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(millis).unwrap_or(MAX).clamp(1, MAX)
 }
 
-fn parse_claim(value: Value) -> Result<Claim, StoreError> {
+pub(crate) fn parse_claim(value: Value) -> Result<Claim, StoreError> {
     let Value::Array(items) = value else {
         return Err(unexpected(&value));
     };
