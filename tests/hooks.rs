@@ -375,7 +375,9 @@ async fn a_service_that_fails_to_get_ready_for_a_retry_is_reported() {
     let service = log
         .attach(RetryLayer::new().max_attempts(3).backoff(fixed(10)))
         .layer(client);
-    let request = Request::get(server.url("/")).body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(server.url("/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let error = service.oneshot(request).await.unwrap_err();
 
     assert_eq!(error.to_string(), "connection pool closed");
