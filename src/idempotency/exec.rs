@@ -208,58 +208,82 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     /// Stores the work's outcome; a store that rejects the token (the lease
     /// ran out) keeps the record of whoever took over.
     ///
-    /// A store that fails is asked again, renewing the lease in between, for
-    /// as long as the lease surely holds: a claim left in flight would let a
-    /// retry run the work a second time once it expires. If the store stays
-    /// unreachable, the outcome is kept in this process for `ttl`, so that
-    /// at least the duplicates reaching this process get it.
+    /// A claim left in flight by a failed completion would let a retry run
+    /// the work a second time once its lease expires. So when the store
+    /// fails, the outcome is kept in this process at once (its own
+    /// duplicates get it from there), and the completion is tried again in
+    /// the background, renewing the lease in between, for as long as the
+    /// lease surely holds. The caller gets its answer without waiting for
+    /// the store to come back.
     pub(crate) async fn complete(mut self, outcome: Outcome, ttl: Duration) {
         self.settled = true;
+        match self
+            .store
+            .complete(&self.record, self.token, outcome.clone(), ttl)
+            .await
+        {
+            Ok(()) => return,
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!(
+                    key = self.record.key(),
+                    "idempotency lease lost before the result was stored; the store keeps the record of whoever took over"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; keeping it in this process and trying again");
+                self.kept
+                    .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
+            }
+        }
+        let retry = self.complete_again(outcome, ttl);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(retry)),
+            Err(_) => retry.await,
+        }
+    }
+
+    async fn complete_again(self, outcome: Outcome, ttl: Duration) {
         let mut pause = COMPLETION_RETRY_FIRST_PAUSE;
-        let mut unanswered = false;
-        let err = loop {
+        loop {
+            // Stop while a whole try still fits in the lease.
+            let margin = (self.lease / 4).max(pause);
+            if crate::time::after(pause + margin) >= self.lease_ends() {
+                tracing::error!(
+                    key = self.record.key(),
+                    principal = self.record.principal(),
+                    "idempotency store unreachable for the whole lease: the result is kept in this process only, and a duplicate reaching another instance can run again"
+                );
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(COMPLETION_RETRY_MAX_PAUSE);
+            if let Err(err) = self.renew(self.lease).await {
+                if !matches!(err, StoreError::LeaseLost) {
+                    continue;
+                }
+            }
             match self
                 .store
                 .complete(&self.record, self.token, outcome.clone(), ttl)
                 .await
             {
-                Ok(()) => return,
-                // The lease was still ours when this try started, so the
-                // token is gone because an earlier try whose answer was lost
-                // did complete the record.
-                Err(StoreError::LeaseLost) if unanswered => return,
-                Err(StoreError::LeaseLost) => {
-                    tracing::warn!(
+                // The lease still held when this try started, so a lost
+                // token means an earlier try whose answer was lost did
+                // complete the record.
+                Ok(()) | Err(StoreError::LeaseLost) => {
+                    tracing::info!(
                         key = self.record.key(),
-                        "idempotency lease lost before the result was stored; the store keeps the record of whoever took over"
+                        "idempotent result stored after the store came back"
                     );
+                    self.kept.remove(&self.record);
                     return;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; trying again");
-                    unanswered = true;
-                    // Stop while a whole try still fits in the lease.
-                    let margin = (self.lease / 4).max(pause);
-                    if crate::time::after(pause + margin) >= self.lease_ends() {
-                        break err;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(COMPLETION_RETRY_MAX_PAUSE);
-                    match self.renew(self.lease).await {
-                        Ok(()) | Err(StoreError::LeaseLost) => {}
-                        Err(_) => continue,
-                    }
                 }
             }
-        };
-        tracing::error!(
-            error = %err,
-            key = self.record.key(),
-            principal = self.record.principal(),
-            "idempotency store unreachable: the result is kept in this process only, and a duplicate reaching another instance after the lease may run again"
-        );
-        self.kept
-            .insert(self.record.clone(), self.fingerprint, outcome, ttl);
+        }
     }
 
     /// Gives the key up, so the next claim runs the work again.
@@ -348,6 +372,10 @@ impl KeptResults {
             }
             None => None,
         }
+    }
+
+    fn remove(&self, record: &RecordKey) {
+        self.lock().remove(record);
     }
 
     fn insert(&self, record: RecordKey, fingerprint: Fingerprint, outcome: Outcome, ttl: Duration) {

@@ -125,7 +125,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        let record = RecordKey::new(self.principal.principal(&parts).into_string(), key);
+        let record = RecordKey::of_client(self.principal.principal(&parts).into_string(), key);
         ResponseFuture::keyed(Box::pin(detached(run_keyed(
             inner,
             self.store.clone(),

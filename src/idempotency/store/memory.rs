@@ -32,7 +32,9 @@ use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordK
 /// records in all (default 1 000). A claim over either quota fails with
 /// [`StoreError::QuotaExceeded`] and changes nothing: the layer answers
 /// `429` with `Retry-After` (`quota-exceeded`), and no record of anyone is
-/// dropped for it. The quotas do not scale with
+/// dropped for it. Quotas apply to the clients of
+/// [`IdempotencyLayer`](crate::IdempotencyLayer), not to
+/// [`Once`](crate::Once) scopes, which hold what a program's own jobs need. The quotas do not scale with
 /// [`with_max_records`](Self::with_max_records); set them to `usize::MAX` to
 /// turn them off.
 ///
@@ -298,7 +300,9 @@ impl State {
             self.remove(key);
         }
         self.drop_expired(now);
-        self.check_quota(key.principal(), now)?;
+        if key.is_client() {
+            self.check_quota(key.principal(), now)?;
+        }
         self.make_room()?;
         let token = FencingToken::new(self.next_token);
         self.next_token += 1;

@@ -212,10 +212,39 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
 /// assert_eq!(key.principal(), "3f2a");
 /// assert_eq!(key.key(), "order-17");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug)]
 pub struct RecordKey {
     principal: String,
     key: String,
+    // Whether the principal is a client, subject to a store's quotas (see
+    // `MemoryStore`); a `Once` scope is not. Not part of the identity.
+    client: bool,
+}
+
+impl PartialEq for RecordKey {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.principal, &self.key) == (&other.principal, &other.key)
+    }
+}
+
+impl Eq for RecordKey {}
+
+impl std::hash::Hash for RecordKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.principal, &self.key).hash(state);
+    }
+}
+
+impl PartialOrd for RecordKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RecordKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.principal, &self.key).cmp(&(&other.principal, &other.key))
+    }
 }
 
 impl RecordKey {
@@ -224,7 +253,31 @@ impl RecordKey {
         Self {
             principal: principal.into(),
             key: key.into(),
+            client: false,
         }
+    }
+
+    /// The key of a request from a client, whose principal a store may hold
+    /// to quotas.
+    pub(crate) fn of_client(principal: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            client: true,
+            ..Self::new(principal, key)
+        }
+    }
+
+    /// Whether a store's per-principal quotas apply: true for the requests
+    /// [`IdempotencyLayer`](super::IdempotencyLayer) claims, false for
+    /// [`Once`](crate::once::Once) runs and keys made with
+    /// [`new`](Self::new).
+    ///
+    /// ```
+    /// use tower_reissue::idempotency::store::RecordKey;
+    ///
+    /// assert!(!RecordKey::new("welcome-email", "user-17").is_client());
+    /// ```
+    pub fn is_client(&self) -> bool {
+        self.client
     }
 
     /// The principal the record belongs to (see
