@@ -14,6 +14,9 @@
 //!   the request's `Idempotency-Key` and replays it, rejects concurrent
 //!   duplicates (409) and a key reused for another payload (422), with a
 //!   pluggable [`IdempotencyStore`] ([`MemoryStore`] by default).
+//! - [`Once`]: the same stores for work outside HTTP (a queue consumer, a
+//!   job): a closure runs at most once per key, and duplicates get its
+//!   stored value.
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`

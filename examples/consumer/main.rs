@@ -237,14 +237,15 @@ mod redis_mode {
         }
     }
 
-    fn signal(pid: u32, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "kill -{name} {pid} failed"
-        );
+    fn signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
+        let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+        // SAFETY: kill(2) takes plain integers and touches no memory; `pid`
+        // is a worker this process started and has not reaped.
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     pub async fn coordinator(url: &str, messages: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -281,7 +282,10 @@ mod redis_mode {
             deliveries: first_half.deliveries,
             rng,
             phase: Phase::BeforeStop,
-            pids: children.iter().map(|c| c.id().unwrap_or(0)).collect(),
+            pids: children
+                .iter()
+                .map(|c| c.id().ok_or("a worker exited at once"))
+                .collect::<Result<_, _>>()?,
             sent: HashMap::new(),
             stopped: None,
             stale_refused: false,
@@ -392,7 +396,7 @@ mod redis_mode {
             match event {
                 "working" if stall => match s.phase {
                     Phase::Stopping { .. } => {
-                        signal(s.pids[me], "STOP");
+                        signal(s.pids[me], libc::SIGSTOP)?;
                         s.stopped = Some((user, me));
                     }
                     Phase::Killing { .. } => {
@@ -410,7 +414,7 @@ mod redis_mode {
                     match s.phase {
                         Phase::Stopping { user: u, worker } if u == user && worker != me => {
                             s.phase = Phase::BeforeKill;
-                            signal(s.pids[worker], "CONT");
+                            signal(s.pids[worker], libc::SIGCONT)?;
                             let (half, all) = (s.messages / 2, s.messages);
                             let second_half = pool::publish(
                                 queue,

@@ -30,7 +30,9 @@
 //! was paused past its lease loses its claim to the next one: its next
 //! renewal is refused by fencing, the closure is stopped
 //! ([`OnceError::LeaseLost`]) and its result is never stored over the other
-//! one's. What no store can decide is a crash *between* the closure's effect
+//! one's (a closure that finishes before that renewal has its completion
+//! refused the same way; the call still returns its value, as the effect
+//! took place). What no store can decide is a crash *between* the closure's effect
 //! and the recording of its value (for a networked store, one round trip):
 //! make the effect the closure's last step, and give it the key as a
 //! reference where the receiving side can deduplicate.

@@ -411,7 +411,7 @@ pub enum Claim {
     },
 }
 
-/// The stored result of a completed request.
+/// The stored result of a completed request or [`Once`](crate::once::Once) run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// The response, replayed to every duplicate.
