@@ -120,6 +120,10 @@ pub mod request;
 pub mod retry;
 mod time;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use circuit::{BreakerState, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};

@@ -239,6 +239,12 @@ where
                 }
                 StateProj::Ready => {
                     if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        let attempts = *this.attempt - 1;
+                        let request = this.template.view().with_attempt(attempts);
+                        let reason = GiveUpReason::ServiceNotReady;
+                        let parked = (&*this.template, this.last.as_ref());
+                        let verdict = *this.last_verdict;
+                        give_up(this.config, request, attempts, verdict, reason, parked);
                         return Poll::Ready(this.last.take().unwrap_or_else(|| Err(error.into())));
                     }
                     let request = match this.template.replay() {

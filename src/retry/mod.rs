@@ -158,12 +158,17 @@ pub enum GiveUpReason {
     /// The request may have taken effect and the reconciler could not tell
     /// whether it did (it answered `Unknown`, failed, or timed out).
     Unreconciled,
+    /// The wrapped service failed in `poll_ready` before the next attempt
+    /// (it closed, or its connection pool broke): the caller gets the last
+    /// attempt's result, or that error if there was none to keep.
+    ServiceNotReady,
 }
 
 impl GiveUpReason {
     /// A stable snake_case label, for metrics, logs and stored dead letters:
     /// `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`,
-    /// `retry_after_too_long`, `deadline`, `budget_exhausted`.
+    /// `retry_after_too_long`, `deadline`, `budget_exhausted`, `unreconciled`,
+    /// `service_not_ready`.
     ///
     /// ```
     /// use tower_reissue::retry::{GiveUpReason, NotReplayable};
@@ -182,6 +187,7 @@ impl GiveUpReason {
             GiveUpReason::Deadline => "deadline",
             GiveUpReason::BudgetExhausted => "budget_exhausted",
             GiveUpReason::Unreconciled => "unreconciled",
+            GiveUpReason::ServiceNotReady => "service_not_ready",
         }
     }
 }
@@ -203,6 +209,9 @@ impl fmt::Display for GiveUpReason {
             GiveUpReason::BudgetExhausted => f.write_str("the retry budget is exhausted"),
             GiveUpReason::Unreconciled => {
                 f.write_str("the reconciler could not tell whether the request took effect")
+            }
+            GiveUpReason::ServiceNotReady => {
+                f.write_str("the service failed to become ready for the next attempt")
             }
         }
     }

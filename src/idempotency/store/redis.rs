@@ -117,8 +117,20 @@ static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE))
 /// Exactly-once rests on Redis keeping in-flight records until their lease
 /// ends: run it with `maxmemory-policy` `noeviction` (the default) or a
 /// `volatile-*` policy with room to spare, since an evicted claim lets a
-/// duplicate run. Redis replication is asynchronous, so a failover can lose
-/// the most recent claims and completions.
+/// duplicate run.
+///
+/// What survives Redis itself going away depends on its persistence:
+///
+/// | Redis setting | a restart or crash loses |
+/// |---|---|
+/// | no persistence (`--save ""`, `--appendonly no`) | every record: each key whose request already ran can run again |
+/// | `--appendonly yes --appendfsync everysec` (the usual) | up to the last second of claims and completions, so a request that ran in that second can run again |
+/// | `--appendonly yes --appendfsync always` | nothing that was acknowledged: a restart from the same directory keeps every claim and result (each write costs an fsync) |
+/// | a replica, with [`wait_for_replicas`](Self::wait_for_replicas) | after a failover to the replica, nothing that the replicas acknowledged; without it, replication is asynchronous and the most recent claims and completions can be lost |
+///
+/// A lost claim or result lets a retry run the request again: pick
+/// `always` or a replica with `wait_for_replicas` where a second run is
+/// costly.
 ///
 /// # Example
 ///
@@ -159,6 +171,7 @@ pub struct RedisStore<C = ConnectionManager> {
     connection: C,
     prefix: Arc<str>,
     timeout: Duration,
+    replicas: Option<(u32, Duration)>,
 }
 
 impl RedisStore {
@@ -241,6 +254,7 @@ impl<C> RedisStore<C> {
             connection,
             prefix: Arc::from("idempotency"),
             timeout: RedisStore::DEFAULT_TIMEOUT,
+            replicas: None,
         }
     }
 
@@ -271,6 +285,29 @@ impl<C> RedisStore<C> {
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Waits, after storing a result, until `replicas` replicas have it or
+    /// `timeout` passes (`WAIT replicas timeout`), so that a failover to a
+    /// replica does not lose an acknowledged completion.
+    ///
+    /// The `WAIT` is a second round trip on each completion. If fewer
+    /// replicas acknowledge in time, the completion still stands on the
+    /// primary (Redis cannot take a write back); the shortfall is logged.
+    /// Claims are not waited for: a claim lost in a failover lets a
+    /// duplicate that arrives meanwhile run, which only a synchronous store
+    /// prevents.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_reissue::RedisStore;
+    /// # fn with(store: RedisStore) -> RedisStore {
+    /// store.wait_for_replicas(1, Duration::from_millis(500))
+    /// # }
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
         self
     }
 
@@ -307,6 +344,7 @@ impl<C> fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -387,7 +425,11 @@ where
         let outcome = outcome.to_bytes();
         let ttl = millis(ttl).to_string();
         self.fenced(&COMPLETE_SCRIPT, key, token, &[&outcome, ttl.as_bytes()])
-            .await
+            .await?;
+        if let Some((replicas, timeout)) = self.replicas {
+            self.wait_for(key, replicas, timeout).await?;
+        }
+        Ok(())
     }
 
     async fn renew(
@@ -406,6 +448,44 @@ where
     }
 }
 
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// `WAIT`s for the writes sent so far on this store's connection (the
+    /// completion among them) to reach `replicas` replicas.
+    async fn wait_for(
+        &self,
+        key: &RecordKey,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut command = ::redis::cmd("WAIT");
+        command.arg(replicas).arg(millis(timeout));
+        let wait = command.query_async::<i64>(&mut connection);
+        let acknowledged = match tokio::time::timeout(self.timeout + timeout, wait).await {
+            Ok(Ok(acknowledged)) => acknowledged,
+            Ok(Err(err)) => return Err(StoreError::unavailable(err)),
+            Err(_) => {
+                return Err(StoreError::unavailable(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "redis did not answer WAIT in time",
+                )));
+            }
+        };
+        if acknowledged < i64::from(replicas) {
+            tracing::warn!(
+                key = key.key(),
+                acknowledged,
+                replicas,
+                "idempotent result stored on the Redis primary but not on enough replicas in time: a failover now could lose it"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A duration in whole milliseconds for `PEXPIRE`: rounded up so a lease is
 /// never shorter than asked, at least 1 (Redis rejects 0), and capped far
 /// below the point where Redis would reject the expiry as out of range.
@@ -415,7 +495,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(millis).unwrap_or(MAX).clamp(1, MAX)
 }
 
-fn parse_claim(value: Value) -> Result<Claim, StoreError> {
+pub(crate) fn parse_claim(value: Value) -> Result<Claim, StoreError> {
     let Value::Array(items) = value else {
         return Err(unexpected(&value));
     };
