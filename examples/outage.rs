@@ -12,7 +12,8 @@
 //! - a naive loop: 10 attempts, fixed delay, every 5xx retried, a new request
 //!   each time;
 //! - tower-reissue: `IdempotencyKeyLayer` + `RetryLayer` with a budget;
-//!   operations it gives up on are dead-lettered with their key and replayed
+//!   operations it gives up on are parked in a `SqliteQueue` (a file under
+//!   `target/`) with their key and body, and a `Replayer` sends them again
 //!   once the API has recovered.
 //!
 //! With `--hard-outage SECS`, the incident is followed by SECS seconds where
@@ -25,7 +26,7 @@
 use bytes::Bytes;
 use clap::Parser;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -37,15 +38,21 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_reissue::circuit::{BreakerState, CircuitBreakerLayer};
+use tower_reissue::dead_letter::{DeadLetterQueue, Replayer, SqliteQueue};
+use tower_reissue::reconcile::{
+    AppliedResponseLost, Reconcile, ReconcileRequest, Reconciled, Reconciliation,
+};
+use tower_reissue::retry::GiveUpReason;
 use tower_reissue::{
-    Attempts, Backoff, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore, ReplayBody, RetryBudget,
-    RetryLayer,
+    Attempts, Backoff, IdempotencyKey, IdempotencyKeyLayer, IdempotencyLayer, MemoryStore,
+    ReplayBody, RetryBudget, RetryLayer,
 };
 
 #[derive(Parser, Debug, Clone)]
@@ -70,6 +77,10 @@ struct Args {
     /// Where to write the attempts-per-second chart.
     #[arg(long, default_value = "target/outage.svg")]
     svg: PathBuf,
+    /// The SQLite file of tower-reissue's dead-letter queue (started afresh;
+    /// the breaker client of `--hard-outage` uses a second file beside it).
+    #[arg(long, default_value = "target/outage-dead-letters.sqlite")]
+    dead_letters: PathBuf,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -78,6 +89,11 @@ struct Args {
     /// over `--duration` plus these seconds.
     #[arg(long, default_value_t = 0.0)]
     hard_outage: f64,
+    /// The API ignores `Idempotency-Key` (no `IdempotencyLayer`) but can be
+    /// asked `GET /emails?reference=…`; adds a "tower-reissue + reconcile"
+    /// client that asks before repeating an ambiguous call.
+    #[arg(long)]
+    api_without_keys: bool,
     /// One JSON object per client on standard output instead of the table.
     #[arg(long)]
     json: bool,
@@ -124,6 +140,8 @@ struct Api {
     rng: Mutex<StdRng>,
     /// Side effects per operation id.
     effects: Mutex<HashMap<u64, u32>>,
+    /// The `X-Reference` each operation was sent with, as the API stores it.
+    references: Mutex<HashMap<String, u64>>,
     /// Attempts received per 250 ms bucket, for the chart.
     attempts: Mutex<Vec<u32>>,
     /// When each attempt of the hard outage arrived, from the start.
@@ -246,6 +264,16 @@ async fn perform(api: Arc<Api>, request: Request<axum::body::Body>) -> Response<
             .unwrap();
     };
     *api.effects.lock().unwrap().entry(op).or_default() += 1;
+    if let Some(reference) = request
+        .headers()
+        .get(REFERENCE)
+        .and_then(|v| v.to_str().ok())
+    {
+        api.references
+            .lock()
+            .unwrap()
+            .insert(reference.to_owned(), op);
+    }
     Response::builder()
         .status(StatusCode::CREATED)
         .header("content-type", "application/json")
@@ -270,6 +298,7 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         start,
         rng: Mutex::new(StdRng::seed_from_u64(args.seed ^ salt)),
         effects: Mutex::default(),
+        references: Mutex::default(),
         attempts: Mutex::default(),
         hard_attempts: Mutex::default(),
         recovered_after: Mutex::default(),
@@ -285,9 +314,16 @@ async fn start_api(args: &Args, salt: u64, start: Instant) -> (SocketAddr, Arc<A
         )
         .route(
             "/payments",
-            axum::routing::post(move |req| perform(handler_api.clone(), req)),
-        )
-        .layer(IdempotencyLayer::new(MemoryStore::new()));
+            axum::routing::post({
+                let api = handler_api.clone();
+                move |req| perform(api.clone(), req)
+            }),
+        );
+    let app = if args.api_without_keys {
+        with_lookups(app, handler_api)
+    } else {
+        app.layer(IdempotencyLayer::new(MemoryStore::new()))
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_api = api.clone();
@@ -367,6 +403,8 @@ enum Kind {
     Reissue,
     /// The same stack with a circuit breaker under the retry layer.
     Breaker,
+    /// An API without key support: ambiguous failures are looked up.
+    Reconcile,
 }
 
 impl Kind {
@@ -376,6 +414,7 @@ impl Kind {
             Kind::Naive => "naive loop (10x, fixed delay)",
             Kind::Reissue => "tower-reissue",
             Kind::Breaker => "tower-reissue + breaker",
+            Kind::Reconcile => "tower-reissue + reconcile",
         }
     }
 
@@ -385,8 +424,20 @@ impl Kind {
             Kind::Naive => "#d62728",
             Kind::Reissue => "#1f77b4",
             Kind::Breaker => "#2ca02c",
+            Kind::Reconcile => "#9467bd",
         }
     }
+}
+
+/// The retry settings of both tower-reissue clients.
+fn reissue_retries() -> RetryLayer {
+    RetryLayer::new()
+        .max_attempts(10)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .budget(RetryBudget::new(0.2))
 }
 
 fn op_request(addr: SocketAddr, op: u64) -> Request<Full<Bytes>> {
@@ -408,12 +459,17 @@ struct Outcomes {
     succeeded: u64,
     failed: u64,
     latencies: Vec<Duration>,
-    dead_letters: Vec<(u64, String)>,
+    /// Give-ups the retry layer parked in the dead-letter queue.
+    parked: u64,
     attempts: u64,
     /// When the breaker opened, from the start (breaker client only).
     opened: Vec<Duration>,
     /// Attempts the API received from this client before any replay.
     received: u64,
+    /// Reconcile probes made (reconcile client only).
+    probes: u64,
+    /// What the reconcile client gave up on: (operation, reference).
+    unreconciled: Vec<(u64, String)>,
 }
 
 type BoxError = tower_reissue::BoxError;
@@ -443,31 +499,25 @@ async fn run_client(
     addr: SocketAddr,
     start: Instant,
     bar: ProgressBar,
+    queue: SqliteQueue,
 ) -> Outcomes {
     let plain: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let dead_letters: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
-    let sink = dead_letters.clone();
+    let parked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = parked.clone();
     let opened: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let breaker = (kind == Kind::Breaker).then(|| demo_breaker(start, opened.clone()));
+    // An API that ignores keys gets none: they would make the layer repeat
+    // calls the API does not deduplicate.
     let reissue = ServiceBuilder::new()
-        .layer(IdempotencyKeyLayer::new())
+        .option_layer((!args.api_without_keys).then(IdempotencyKeyLayer::new))
         .layer(
-            RetryLayer::new()
-                .max_attempts(10)
-                .backoff(Backoff::exponential(
-                    Duration::from_millis(100),
-                    Duration::from_secs(2),
-                ))
-                .budget(RetryBudget::new(0.2))
+            reissue_retries()
+                // Parked with key and body, to replay once the API is back.
+                .dead_letters(queue)
                 .on_give_up(move |event| {
-                    // The dead-letter queue: enough to replay it later,
-                    // with the same key, once the API is back.
-                    if let (Some(op), Some(key)) = (
-                        op_id(event.request.headers()),
-                        event.request.idempotency_key(),
-                    ) {
-                        sink.lock().unwrap().push((op, key.to_owned()));
+                    if event.reason != GiveUpReason::Permanent {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }),
         )
@@ -476,6 +526,9 @@ async fn run_client(
         .map_err(boxed)
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
 
+    let probes: Arc<AtomicU64> = Arc::default();
+    let unreconciled: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let reconciling = reconciling_client(addr, unreconciled.clone(), probes.clone());
     let results: Arc<Mutex<Outcomes>> = Arc::default();
     let mut tasks = Vec::with_capacity(args.ops);
     let spacing = Duration::from_secs_f64(args.total() / args.ops as f64);
@@ -483,6 +536,7 @@ async fn run_client(
         tokio::time::sleep_until(start + spacing * op as u32).await;
         let (plain, reissue, results, bar) =
             (plain.clone(), reissue.clone(), results.clone(), bar.clone());
+        let reconciling = reconciling.clone();
         tasks.push(tokio::spawn(async move {
             let began = Instant::now();
             let (ok, attempts) = match kind {
@@ -491,6 +545,7 @@ async fn run_client(
                     1,
                 ),
                 Kind::Naive => naive_call(&plain, addr, op).await,
+                Kind::Reconcile => reconciled_call(reconciling, op_request(addr, op)).await,
                 Kind::Reissue | Kind::Breaker => {
                     let result: Result<Response<Incoming>, BoxError> = reissue.oneshot(op_request(addr, op)).await;
                     match result {
@@ -515,8 +570,10 @@ async fn run_client(
     }
     bar.finish();
     let mut outcomes = std::mem::take(&mut *results.lock().unwrap());
-    outcomes.dead_letters = std::mem::take(&mut *dead_letters.lock().unwrap());
+    outcomes.parked = parked.load(std::sync::atomic::Ordering::Relaxed);
     outcomes.opened = std::mem::take(&mut *opened.lock().unwrap());
+    outcomes.probes = probes.load(Ordering::Relaxed);
+    outcomes.unreconciled = std::mem::take(&mut *unreconciled.lock().unwrap());
     outcomes
 }
 
@@ -600,6 +657,7 @@ fn client_json(
         "duplicates": api.duplicates(),
         "lost": lost,
         "attempts_per_op": received as f64 / args.ops as f64,
+        "probes": outcome.probes,
     });
     if args.hard_outage > 0.0 {
         let hard = hard_outage(args, api, outcome, kind);
@@ -611,24 +669,67 @@ fn client_json(
     json
 }
 
-/// Replays dead-lettered operations with their original keys.
-async fn replay_dead_letters(addr: SocketAddr, dead: &[(u64, String)]) -> (u64, u64) {
-    let client = RetryLayer::new()
-        .max_attempts(5)
-        .layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
-    let mut recovered = 0;
-    let mut still_failing = 0;
-    for (op, key) in dead {
-        let mut request = op_request(addr, *op);
-        request
-            .headers_mut()
-            .insert("idempotency-key", key.parse().unwrap());
-        match client.clone().oneshot(request).await {
-            Ok(r) if r.status().is_success() => recovered += 1,
-            _ => still_failing += 1,
-        }
+/// Opens a dead-letter queue on a fresh file.
+async fn fresh_queue(path: &std::path::Path) -> Result<SqliteQueue, BoxError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    (recovered, still_failing)
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(SqliteQueue::open(path).await?)
+}
+
+/// The queue file of one client: the breaker client's sits beside the
+/// plain client's, so that each replays and counts only its own.
+fn queue_path(args: &Args, kind: Kind) -> PathBuf {
+    match kind {
+        Kind::Breaker => {
+            let stem = args
+                .dead_letters
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy();
+            args.dead_letters
+                .with_file_name(format!("{stem}-breaker.sqlite"))
+        }
+        _ => args.dead_letters.clone(),
+    }
+}
+
+/// Replays the parked operations through the same client stack, keys and
+/// bodies as stored; returns (replayed, still failing).
+async fn replay_dead_letters(
+    queue: &SqliteQueue,
+    parked: u64,
+    verbose: bool,
+) -> Result<(u64, u64), BoxError> {
+    // The pushes run on tasks of their own; wait until every one has landed.
+    while queue.counts().await?.total() < parked {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if verbose {
+        println!(
+            "dead-letter queue {}: {}",
+            queue.path().display(),
+            queue.counts().await?
+        );
+    }
+    let client = ServiceBuilder::new()
+        .layer(IdempotencyKeyLayer::new())
+        .layer(RetryLayer::new().max_attempts(5))
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let report = Replayer::new(queue.clone(), client)
+        .concurrency(8)
+        .rate(500, Duration::from_secs(1))
+        .drain(std::future::pending())
+        .await?;
+    if verbose {
+        println!("after the replay:  {}", queue.counts().await?);
+    }
+    Ok((report.replayed, report.failed + report.not_replayable))
 }
 
 // ---------------------------------------------------------------------------
@@ -810,6 +911,9 @@ async fn main() -> Result<(), BoxError> {
     if args.hard_outage > 0.0 {
         kinds.push(Kind::Breaker);
     }
+    if args.api_without_keys {
+        kinds.push(Kind::Reconcile);
+    }
     let start = Instant::now() + Duration::from_millis(200);
     let mut apis = Vec::new();
     for (salt, _) in kinds.iter().enumerate() {
@@ -833,8 +937,12 @@ async fn main() -> Result<(), BoxError> {
     let style = ProgressStyle::with_template("{prefix:>30} [{bar:40}] {pos:>5}/{len:5} {msg}")
         .unwrap()
         .progress_chars("=> ");
+    let mut queues = Vec::new();
+    for kind in &kinds {
+        queues.push(fresh_queue(&queue_path(&args, *kind)).await?);
+    }
     let mut handles = Vec::new();
-    for (kind, (addr, _)) in kinds.iter().zip(&apis) {
+    for ((kind, (addr, _)), queue) in kinds.iter().zip(&apis).zip(&queues) {
         let bar = bars.add(ProgressBar::new(args.ops as u64));
         bar.set_style(style.clone());
         bar.set_prefix(kind.label());
@@ -844,6 +952,7 @@ async fn main() -> Result<(), BoxError> {
             *addr,
             start,
             bar,
+            queue.clone(),
         )));
     }
     let mut outcomes = Vec::new();
@@ -862,10 +971,15 @@ async fn main() -> Result<(), BoxError> {
     }
     // Dead letters are replayed before anything is counted as lost.
     let mut replays = Vec::new();
-    for ((kind, (addr, _)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
+    for ((kind, queue), outcome) in kinds.iter().zip(&queues).zip(&outcomes) {
         replays.push(match kind {
             Kind::Reissue | Kind::Breaker => {
-                Some(replay_dead_letters(*addr, &outcome.dead_letters).await)
+                Some(replay_dead_letters(queue, outcome.parked, !args.json).await?)
+            }
+            // Keyless: each is looked up before it is sent again.
+            Kind::Reconcile => {
+                let addr = apis[replays.len()].0;
+                Some(replay_reconciled(addr, &outcome.unreconciled).await)
             }
             _ => None,
         });
@@ -873,9 +987,13 @@ async fn main() -> Result<(), BoxError> {
     let lost = |api: &Api| (0..args.ops as u64).filter(|op| !api.executed(*op)).count();
 
     if args.json {
-        for ((kind, (_, api)), outcome) in kinds.iter().zip(&apis).zip(&outcomes) {
-            println!("{}", client_json(*kind, &args, api, outcome, lost(api)));
-        }
+        let rows = kinds.iter().zip(&apis).zip(&outcomes);
+        let rows = rows
+            .map(|((kind, (_, api)), outcome)| client_json(*kind, &args, api, outcome, lost(api)));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows.collect::<Vec<_>>())?
+        );
     } else {
         report(&args, &kinds, &apis, &mut outcomes, &replays);
     }
@@ -940,14 +1058,24 @@ fn report(
         let (Some((recovered, still)), (_, api)) = (replays[i], &apis[i]) else {
             continue;
         };
-        let label = match kind {
-            Kind::Breaker => "tower-reissue + breaker",
-            _ => "tower-reissue",
-        };
+        if *kind == Kind::Reconcile {
+            let outcome = &outcomes[i];
+            println!(
+                "tower-reissue + reconcile: {} probes; {} operations given up and replayed after the incident, each looked up first: {} done, {} still failing; {} lost, {} duplicates after replay.",
+                outcome.probes,
+                outcome.unreconciled.len(),
+                recovered,
+                still,
+                lost(api),
+                api.duplicates()
+            );
+            continue;
+        }
+        let label = kind.label();
         println!(
             "{label}: {} duplicates; {} operations dead-lettered with their key and replayed after the incident: {} succeeded, {} still failing; {} lost, {} duplicates after replay.",
             api.duplicates(),
-            outcomes[i].dead_letters.len(),
+            outcomes[i].parked,
             recovered,
             still,
             lost(api),
@@ -978,4 +1106,144 @@ fn report(
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// An API that ignores keys, and the client that asks instead (--api-without-keys)
+// ---------------------------------------------------------------------------
+
+/// The header the API stores with each operation, so it can be found later.
+const REFERENCE: http::HeaderName = http::HeaderName::from_static("x-reference");
+
+/// Adds `GET /emails?reference=…` and `GET /payments?reference=…`: 200 if an
+/// operation sent with that `X-Reference` took effect, 404 if not. They sit
+/// behind the same faults as everything else.
+fn with_lookups(app: axum::Router, api: Arc<Api>) -> axum::Router {
+    let find = move |uri: http::Uri| {
+        let api = api.clone();
+        async move {
+            let reference = uri.query().and_then(|q| q.strip_prefix("reference="));
+            let op = reference.and_then(|r| api.references.lock().unwrap().get(r).copied());
+            if op.is_some_and(|op| api.executed(op)) {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            }
+        }
+    };
+    app.route("/emails", axum::routing::get(find.clone()))
+        .route("/payments", axum::routing::get(find))
+}
+
+/// Looks an operation up by its reference, through a retry layer of its own
+/// (a lookup is a GET: safe to repeat).
+fn lookup(addr: SocketAddr) -> impl Reconcile + Clone {
+    let lookups = RetryLayer::new()
+        .max_attempts(3)
+        .layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Empty<Bytes>>>());
+    move |request: ReconcileRequest| {
+        let lookups = lookups.clone();
+        let url = request
+            .correlation_id()
+            .map(|id| format!("http://{addr}{}?reference={id}", request.uri().path()));
+        async move {
+            let Some(url) = url else {
+                return Ok(Reconciled::Unknown);
+            };
+            let found = lookups
+                .oneshot(Request::get(url).body(Empty::new())?)
+                .await?;
+            Ok::<_, BoxError>(match found.status() {
+                StatusCode::OK => Reconciled::Applied,
+                StatusCode::NOT_FOUND => Reconciled::NotApplied,
+                _ => Reconciled::Unknown,
+            })
+        }
+    }
+}
+
+type ReconcilingClient =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Incoming>, BoxError>;
+
+/// tower-reissue for an API that ignores keys: each operation carries a
+/// reference the API stores (a correlation id, not a promise of
+/// deduplication), and an ambiguous failure is looked up before any retry.
+/// What it gives up on goes to `dead_letters` with its reference.
+fn reconciling_client(
+    addr: SocketAddr,
+    dead_letters: Arc<Mutex<Vec<(u64, String)>>>,
+    probes: Arc<AtomicU64>,
+) -> ReconcilingClient {
+    let client = ServiceBuilder::new()
+        .layer(
+            IdempotencyKeyLayer::new()
+                .header(REFERENCE)
+                .correlation_only(),
+        )
+        .layer(
+            reissue_retries()
+                .reconcile(lookup(addr))
+                .on_reconcile(move |_| {
+                    probes.fetch_add(1, Ordering::Relaxed);
+                })
+                .on_give_up(move |event| {
+                    if let (Some(op), Some(reference)) = (
+                        op_id(event.request.headers()),
+                        event.request.idempotency_key(),
+                    ) {
+                        dead_letters
+                            .lock()
+                            .unwrap()
+                            .push((op, reference.to_owned()));
+                    }
+                }),
+        )
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    tower::util::BoxCloneSyncService::new(client)
+}
+
+/// One operation through the reconciling client: (took effect as far as
+/// the caller knows, attempts).
+async fn reconciled_call(client: ReconcilingClient, request: Request<Full<Bytes>>) -> (bool, u64) {
+    match client.oneshot(request).await {
+        Ok(response) => {
+            let attempts = response
+                .extensions()
+                .get::<Attempts>()
+                .map_or(1, |a| u64::from(a.get()));
+            let applied = response.extensions().get::<Reconciliation>().is_some();
+            (response.status().is_success() || applied, attempts)
+        }
+        Err(error) => (error.downcast_ref::<AppliedResponseLost>().is_some(), 0),
+    }
+}
+
+/// Replays given-up operations of the reconciling client once the API is
+/// back: each is looked up first (it may have taken effect), and sent again
+/// with its reference only if it did not.
+async fn replay_reconciled(addr: SocketAddr, dead: &[(u64, String)]) -> (u64, u64) {
+    let lookup = lookup(addr);
+    let client = reconciling_client(addr, Arc::default(), Arc::default());
+    let (mut done, mut still_failing) = (0, 0);
+    for (op, reference) in dead {
+        let mut request = op_request(addr, *op);
+        let Ok(key) = IdempotencyKey::new(reference) else {
+            still_failing += 1;
+            continue;
+        };
+        let question = ReconcileRequest::new(Method::POST, request.uri().clone())
+            .with_correlation_id(key.clone());
+        let ok = match lookup.reconcile(question).await {
+            Ok(Reconciled::Applied) => true,
+            Ok(Reconciled::NotApplied) => {
+                request
+                    .headers_mut()
+                    .insert(REFERENCE, key.header_value().clone());
+                reconciled_call(client.clone(), request).await.0
+            }
+            _ => false,
+        };
+        if ok { done += 1 } else { still_failing += 1 }
+    }
+    (done, still_failing)
 }

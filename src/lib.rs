@@ -21,6 +21,10 @@
 //!   the same [`Classifier`] as the retry layer, and lets probes find out
 //!   when it is back; under [`RetryLayer`], a refused call waits for the probe
 //!   when its deadline allows.
+//! - [`dead_letter`]: what the retry layer gives up on, parked with its body
+//!   and key in a [`DeadLetterQueue`](dead_letter::DeadLetterQueue)
+//!   (in memory, or SQLite with the `sqlite` feature) and sent again later
+//!   by a [`Replayer`](dead_letter::Replayer).
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`
@@ -107,13 +111,19 @@ pub mod backoff;
 pub mod budget;
 pub mod circuit;
 pub mod classify;
+pub mod dead_letter;
 pub mod idempotency;
 pub mod idempotency_key;
 pub mod once;
+pub mod reconcile;
 pub mod request;
 pub mod retry;
 pub mod telemetry;
 mod time;
+
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
@@ -125,6 +135,7 @@ pub use idempotency::store::RedisStore;
 pub use idempotency::{IdempotencyLayer, IdempotencyStore, MemoryStore};
 pub use idempotency_key::{IdempotencyKey, IdempotencyKeyLayer};
 pub use once::{Once, OnceError, Ran};
+pub use reconcile::{Reconcile, Reconciled, Reconciliation};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
 /// The error type of the middleware: the wrapped service's error, boxed, or

@@ -65,6 +65,20 @@ async fn custom_classifier() {
     assert!(out.contains("status 200 OK after 3 attempts"), "{out}");
 }
 
+#[tokio::test]
+async fn reconcile() {
+    let out = run("reconcile", &[]).await;
+    assert!(
+        out.contains("email to ada@example.com: 500 Internal Server Error after 1 attempt(s): sent (the lookup found it)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("email to grace@example.com: 201 Created after 2 attempt(s): sent"),
+        "{out}"
+    );
+    assert!(out.contains("emails actually sent: 2"), "{out}");
+}
+
 #[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn reqwest_client() {
@@ -103,6 +117,11 @@ async fn observability() {
 async fn outage() {
     let svg = std::env::temp_dir().join(format!("tower-reissue-outage-{}.svg", std::process::id()));
     let svg_arg = svg.to_string_lossy().into_owned();
+    let queue = std::env::temp_dir().join(format!(
+        "tower-reissue-outage-{}.sqlite",
+        std::process::id()
+    ));
+    let queue_arg = queue.to_string_lossy().into_owned();
     let out = run(
         "outage",
         &[
@@ -113,6 +132,8 @@ async fn outage() {
             "--quiet",
             "--svg",
             &svg_arg,
+            "--dead-letters",
+            &queue_arg,
         ],
     )
     .await;
@@ -146,6 +167,16 @@ async fn outage() {
     let naive_amplification: f64 = naive[4].parse().unwrap();
     assert!(amplification < naive_amplification, "{out}");
     assert!(out.contains("0 lost, 0 duplicates after replay"), "{out}");
+    // The parked operations were in the SQLite queue, and all got replayed.
+    assert!(out.contains("dead-letter queue "), "{out}");
+    assert!(
+        out.contains("after the replay:  pending 0, leased 0"),
+        "{out}"
+    );
+    assert!(queue.exists(), "the queue is a real file");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", queue.display()));
+    }
 
     let chart = std::fs::read_to_string(&svg).expect("the chart was written");
     assert_eq!(chart.matches("<polyline").count(), 3, "three series");
@@ -210,10 +241,8 @@ async fn outage_hard_outage() {
         ],
     )
     .await;
-    let clients: Vec<serde_json::Value> = out
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
+    let clients: Vec<serde_json::Value> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let client = |label: &str| {
         clients
             .iter()
@@ -239,5 +268,52 @@ async fn outage_hard_outage() {
     let chart = std::fs::read_to_string(&svg).expect("the chart was written");
     assert_eq!(chart.matches("<polyline").count(), 4, "four series");
     assert!(chart.contains("hard outage"), "the outage is marked");
+    let _ = std::fs::remove_file(svg);
+}
+
+/// The demo against an API that ignores keys, as a script would read it.
+#[tokio::test]
+async fn outage_without_keys_as_json() {
+    let svg = std::env::temp_dir().join(format!(
+        "tower-reissue-outage-json-{}.svg",
+        std::process::id()
+    ));
+    let svg_arg = svg.to_string_lossy().into_owned();
+    let started = std::time::Instant::now();
+    let out = run(
+        "outage",
+        &["--api-without-keys", "--json", "--svg", &svg_arg],
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+    let row = |label: &str| -> &serde_json::Value {
+        rows.as_array()
+            .expect("one object per client")
+            .iter()
+            .find(|r| r["client"] == label)
+            .unwrap_or_else(|| panic!("no row for {label}:\n{out}"))
+    };
+    let count = |row: &serde_json::Value, field: &str| row[field].as_u64().unwrap();
+    let reconcile = row("tower-reissue + reconcile");
+    let ops = count(reconcile, "ops");
+    assert_eq!(count(reconcile, "duplicates"), 0, "{out}");
+    assert!(
+        count(reconcile, "lost") * 100 <= ops,
+        "at most 1% lost:\n{out}"
+    );
+    assert!(count(reconcile, "probes") > 0, "{out}");
+    assert!(
+        count(row("naive loop (10x, fixed delay)"), "duplicates") > 0,
+        "{out}"
+    );
+    assert!(count(row("no retries"), "lost") > 0, "{out}");
+    for field in ["succeeded", "failed", "attempts_per_op"] {
+        assert!(reconcile.get(field).is_some(), "{field} in {out}");
+    }
     let _ = std::fs::remove_file(svg);
 }

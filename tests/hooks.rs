@@ -331,3 +331,58 @@ async fn give_up_carries_the_generated_key_for_a_dead_letter_queue() {
     assert_eq!(gave_up[0].key.as_deref(), Some(sent.as_str()));
     assert_eq!(log.retried_attempts(), vec![1, 2]);
 }
+
+/// A client that breaks once it has sent one request: every later
+/// `poll_ready` fails, as a pool whose connections were closed for good.
+#[derive(Clone)]
+struct BreaksAfterOneCall {
+    inner: FullClient,
+    called: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tower::Service<Request<ReplayBody<Full<Bytes>>>> for BreaksAfterOneCall {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.called.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err("connection pool closed".into()));
+        }
+        tower::Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        self.called.store(true, std::sync::atomic::Ordering::SeqCst);
+        let future = self.inner.request(request);
+        Box::pin(async move { future.await.map_err(Into::into) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_fails_to_get_ready_for_a_retry_is_reported() {
+    let server = TestServer::always(503).await;
+    let log = Log::default();
+    let client = BreaksAfterOneCall {
+        inner: common::client(),
+        called: Arc::default(),
+    };
+    let service = log
+        .attach(RetryLayer::new().max_attempts(3).backoff(fixed(10)))
+        .layer(client);
+    let request = Request::get(server.url("/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let error = service.oneshot(request).await.unwrap_err();
+
+    assert_eq!(error.to_string(), "connection pool closed");
+    assert_eq!(server.count(), 1);
+    assert_eq!(log.retried_attempts(), vec![1]);
+    assert_eq!(log.reasons(), vec![(1, GiveUpReason::ServiceNotReady)]);
+    assert_eq!(log.gave_up()[0].verdict, MAYBE);
+}

@@ -472,6 +472,34 @@ async fn server_errors_release_and_forced_results_are_kept() {
 }
 
 #[tokio::test]
+async fn with_store_server_errors_a_retry_gets_the_same_500() {
+    let effects = Effects::default();
+    let http = Http::new(
+        Router::new()
+            .route("/flaky", post(fails_first))
+            .route("/declined", post(declined_201))
+            .layer(IdempotencyLayer::new(MemoryStore::new()).store_server_errors())
+            .with_state(effects.clone()),
+    )
+    .await;
+
+    let first = http.post("/flaky", "k-500").await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    for _ in 0..3 {
+        let retry = http.post("/flaky", "k-500").await;
+        assert_eq!(
+            (retry.status, retry.text(), retry.replayed()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "attempt 1", true)
+        );
+    }
+    assert_eq!(effects.count(), 1);
+    // A handler's own decision still wins.
+    http.post("/declined", "k-declined").await;
+    assert!(!http.post("/declined", "k-declined").await.replayed());
+    assert_eq!(effects.count(), 3);
+}
+
+#[tokio::test]
 async fn a_panic_releases_the_claim_with_catch_panic_outside_or_inside() {
     for catch_panic_outside in [true, false] {
         let effects = Effects::default();
@@ -694,6 +722,115 @@ async fn a_full_memory_store_evicts_and_never_grows_past_its_bound() {
     assert_eq!(effects.count(), 21);
 }
 
+impl Http {
+    async fn post_as(&self, auth: &str, path: &str, key: &str) -> Reply {
+        let headers: &[(&str, &[u8])] = &[
+            ("idempotency-key", key.as_bytes()),
+            ("authorization", auth.as_bytes()),
+        ];
+        self.send(Method::POST, path, headers, "payload").await
+    }
+}
+
+#[tokio::test]
+async fn a_key_flood_from_one_client_evicts_nobody_elses_results() {
+    // Default store and layer: the quotas are on without any setting.
+    let effects = Effects::default();
+    let store = MemoryStore::new();
+    let http = Http::new(app(&effects, IdempotencyLayer::new(store.clone()))).await;
+    let victim = http
+        .post_as("Bearer victim", "/orders", "victim-order")
+        .await;
+    assert_eq!(victim.status, StatusCode::CREATED);
+
+    // More fresh keys than the whole store holds, sixteen at a time.
+    let flood = 11_000;
+    let mut statuses = std::collections::HashMap::<StatusCode, usize>::new();
+    let mut last_refusal = None;
+    for batch in (0..flood).collect::<Vec<_>>().chunks(16) {
+        let replies = batch.iter().map(|i| {
+            let http = http.clone();
+            async move {
+                http.post_as("Bearer flood", "/orders", &format!("fresh-{i}"))
+                    .await
+            }
+        });
+        for reply in futures_util::future::join_all(replies).await {
+            *statuses.entry(reply.status).or_default() += 1;
+            if reply.status == StatusCode::TOO_MANY_REQUESTS {
+                last_refusal = Some(reply);
+            }
+        }
+    }
+    assert_eq!(statuses[&StatusCode::CREATED], 1_000, "{statuses:?}");
+    assert_eq!(statuses[&StatusCode::TOO_MANY_REQUESTS], flood - 1_000);
+    let refusal = last_refusal.unwrap();
+    assert_eq!(refusal.problem_type(), "quota-exceeded");
+    // Room comes back when the flood's oldest result expires, in 24 h.
+    let retry_after: u64 = refusal.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (23 * 3600..=24 * 3600).contains(&retry_after),
+        "{retry_after}"
+    );
+    assert_eq!(store.len(), 1_001);
+
+    let retry = http
+        .post_as("Bearer victim", "/orders", "victim-order")
+        .await;
+    assert_eq!((retry.text(), retry.replayed()), ("created #1", true));
+    assert_eq!(effects.count(), 1 + 1_000, "the victim's request ran again");
+    let another = http
+        .post_as("Bearer victim", "/orders", "victim-order-2")
+        .await;
+    assert_eq!(
+        another.status,
+        StatusCode::CREATED,
+        "the victim is not throttled"
+    );
+}
+
+#[tokio::test]
+async fn one_client_may_hold_a_hundred_claims_in_flight() {
+    let effects = Effects::default();
+    let http = Http::new(app(&effects, IdempotencyLayer::new(MemoryStore::new()))).await;
+    let running: Vec<_> = (0..100)
+        .map(|i| {
+            let http = http.clone();
+            tokio::spawn(async move {
+                http.post_as("Bearer busy", "/gated", &format!("k-{i}"))
+                    .await
+            })
+        })
+        .collect();
+    while effects.count() < 100 {
+        effects.started.notified().await;
+    }
+    let over = http.post_as("Bearer busy", "/gated", "k-100").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.problem_type(), "quota-exceeded");
+    assert_eq!(over.headers["retry-after"], "1");
+    // Another client is not affected.
+    let other = tokio::spawn({
+        let http = http.clone();
+        async move { http.post_as("Bearer calm", "/gated", "k-0").await }
+    });
+    while effects.count() < 101 {
+        effects.started.notified().await;
+    }
+    for _ in 0..101 {
+        effects.gate.notify_one();
+    }
+    for reply in running {
+        assert_eq!(reply.await.unwrap().status, StatusCode::CREATED);
+    }
+    assert_eq!(other.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(effects.count(), 101);
+}
+
 // ---------- 8. max_body ----------
 
 /// A body of several chunks with no size hint, like a streamed response.
@@ -794,6 +931,126 @@ impl IdempotencyStore for DownStore {
             "connection refused",
         )))
     }
+}
+
+/// A `MemoryStore` that becomes unreachable for `outage` from the first
+/// completion on: every operation fails meanwhile.
+#[derive(Clone)]
+struct FailsAtCompletion {
+    inner: MemoryStore,
+    outage: Duration,
+    down_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl FailsAtCompletion {
+    fn new(outage: Duration) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            outage,
+            down_until: Arc::default(),
+        }
+    }
+
+    fn check(&self, completing: bool) -> Result<(), StoreError> {
+        let now = tokio::time::Instant::now();
+        let mut down_until = self.down_until.lock().unwrap();
+        if completing && down_until.is_none() {
+            *down_until = Some(now + self.outage);
+        }
+        match *down_until {
+            Some(until) if now < until => Err(StoreError::unavailable(std::io::Error::other(
+                "connection refused",
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl IdempotencyStore for FailsAtCompletion {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.check(false)?;
+        self.inner.claim(key, fingerprint, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.check(true)?;
+        self.inner.complete(key, token, outcome, ttl).await
+    }
+    async fn renew(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.check(false)?;
+        self.inner.renew(key, token, lease).await
+    }
+    async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
+        self.check(false)?;
+        self.inner.release(key, token).await
+    }
+}
+
+fn orders_on(store: FailsAtCompletion, effects: &Effects, lease: Duration) -> Router {
+    Router::new()
+        .route("/orders", post(create))
+        .layer(IdempotencyLayer::new(store).lease(lease))
+        .with_state(effects.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completion_during_a_one_second_store_outage_is_retried() {
+    let effects = Effects::default();
+    let lease = Duration::from_secs(10);
+    let store = FailsAtCompletion::new(Duration::from_secs(1));
+    let http = Http::new(orders_on(store.clone(), &effects, lease)).await;
+
+    let first = http.post("/orders", "k").await;
+    assert_eq!(
+        (first.status, first.text()),
+        (StatusCode::CREATED, "created #1")
+    );
+    // Long after the lease: a claim left in flight would have run out and
+    // the retry would run the handler again.
+    tokio::time::sleep(lease * 3).await;
+    let retry = http.post("/orders", "k").await;
+    assert_eq!((retry.text(), retry.replayed()), ("created #1", true));
+    assert_eq!(effects.count(), 1, "the handler ran again");
+    // The result is in the store itself, not only in this process.
+    let elsewhere = Http::new(orders_on(store, &effects, lease)).await;
+    assert!(elsewhere.post("/orders", "k").await.replayed());
+    assert_eq!(effects.count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_store_never_took_answers_this_instances_duplicates() {
+    let effects = Effects::default();
+    let lease = Duration::from_secs(10);
+    let http = Http::new(orders_on(
+        FailsAtCompletion::new(lease * 6),
+        &effects,
+        lease,
+    ))
+    .await;
+
+    assert_eq!(http.post("/orders", "k").await.status, StatusCode::CREATED);
+    tokio::time::sleep(lease * 10).await;
+    // The store is back and its claim has expired; this process still knows.
+    let retry = http.post("/orders", "k").await;
+    assert_eq!((retry.text(), retry.replayed()), ("created #1", true));
+    let reused = http.post_body("/orders", "k", "another payload").await;
+    assert_eq!(reused.problem_type(), "idempotency-key-reused");
+    assert_eq!(effects.count(), 1, "the handler ran again");
 }
 
 #[tokio::test]

@@ -291,3 +291,67 @@ async fn breaker_transitions_and_state_gauge() {
         Some(&1.0)
     );
 }
+
+/// Reconciler answers and dead letters, counted by what happened to them.
+#[tokio::test]
+async fn reconcile_and_dead_letter_counters_after_a_scripted_run() {
+    use tower_reissue::dead_letter::{DeadLetterQueue, MemoryQueue, Replayer};
+    use tower_reissue::reconcile::{ReconcileRequest, Reconciled};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let queue = MemoryQueue::new();
+    let layer = RetryLayer::new()
+        .backoff(Backoff::none())
+        .no_budget()
+        .dead_letters(queue.clone())
+        .reconcile(|request: ReconcileRequest| async move {
+            match request.uri().path() {
+                "/sent" => Ok(Reconciled::Applied),
+                "/unknown" => Ok(Reconciled::Unknown),
+                _ => Err::<Reconciled, tower_reissue::BoxError>("lookup failed".into()),
+            }
+        });
+    // Every POST answers 500: ambiguous, so the reconciler is asked.
+    let down = TestServer::always(500).await;
+    assert_eq!(send(&layer, Method::POST, &down.url("/sent")).await, 500);
+    assert_eq!(send(&layer, Method::POST, &down.url("/unknown")).await, 500);
+    assert_eq!(send(&layer, Method::POST, &down.url("/broken")).await, 500);
+    // A GET that fails three times is parked after max_attempts, and its
+    // replay (the fourth request) succeeds.
+    let flaky = TestServer::fails_first(3, || Reply::status(503)).await;
+    assert_eq!(send(&layer, Method::GET, &flaky.url("/g")).await, 503);
+    // Pushes run on their own tasks.
+    while queue.counts().await.unwrap().total() < 3 {
+        tokio::task::yield_now().await;
+    }
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> = common::client();
+    let report = Replayer::new(queue.clone(), client)
+        .replay_unkeyed(true)
+        .drain(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.failed), (1, 2), "{report:?}");
+
+    let read = Reading::take(&snapshotter);
+    let answer = |a| [(names::LABEL_ANSWER, a)];
+    assert_eq!(
+        read.counter(names::RECONCILE_ANSWERS, &answer("applied")),
+        1
+    );
+    assert_eq!(
+        read.counter(names::RECONCILE_ANSWERS, &answer("unknown")),
+        1
+    );
+    assert_eq!(read.counter(names::RECONCILE_ANSWERS, &answer("error")), 1);
+    let event = |e| [(names::LABEL_EVENT, e)];
+    assert_eq!(read.counter(names::DEAD_LETTERS, &event("pushed")), 3);
+    assert_eq!(read.counter(names::DEAD_LETTERS, &event("replayed")), 1);
+    assert_eq!(read.counter(names::DEAD_LETTERS, &event("failed_again")), 2);
+    assert_eq!(
+        read.counter(names::GIVE_UPS, &[(names::LABEL_REASON, "unreconciled")]),
+        2
+    );
+}

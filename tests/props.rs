@@ -73,4 +73,12 @@ proptest! {
         let parsed = parse_retry_after(httpdate::fmt_http_date(at).as_bytes(), now);
         prop_assert_eq!(parsed, Some(Duration::from_secs(offset.max(0) as u64)));
     }
+
+    #[test]
+    fn stored_outcomes_decode_without_panics_and_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        use tower_reissue::idempotency::store::Outcome;
+        if let Ok(outcome) = Outcome::from_bytes(&bytes) {
+            prop_assert_eq!(Outcome::from_bytes(&outcome.to_bytes()).ok(), Some(outcome));
+        }
+    }
 }

@@ -499,3 +499,173 @@ async fn round_trips_per_request() {
         renewals.len()
     );
 }
+
+// ---------- Redis restarts and replicas ----------
+
+/// Sends `key` through a retrying client, as a caller would: a 503 (store
+/// unreachable) or a 409 (a first delivery still in flight) is retried
+/// with the same key until an answer comes.
+async fn send_retrying(addr: SocketAddr, key: String) -> StatusCode {
+    use tower::{Layer, ServiceExt};
+    use tower_reissue::{Backoff, DefaultClassifier, ReplayBody, RetryLayer};
+    let client: Client<HttpConnector, ReplayBody<Full<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let retrying = RetryLayer::new()
+        .classifier(DefaultClassifier::new().retry_status(StatusCode::CONFLICT))
+        .max_attempts(200)
+        .no_budget()
+        .backoff(Backoff::fixed(Duration::from_millis(50)))
+        .deadline(Duration::from_secs(60))
+        .layer(client);
+    let request = Request::post(format!("http://{addr}/charges"))
+        .header("idempotency-key", key)
+        .header("authorization", "Bearer shop-1")
+        .body(Full::new(Bytes::from_static(br#"{"amount":1200}"#)))
+        .unwrap();
+    retrying.oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_killed_and_restarted_with_fsync_always_loses_no_key() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let handler = Handler::default();
+    // A short lease: a claim whose holder never learnt it was acquired (the
+    // reply died with Redis) blocks its key only this long.
+    let layer = |store: RedisStore| {
+        IdempotencyLayer::new(store)
+            .lease(Duration::from_secs(3))
+            .store_retry_after(Duration::from_millis(100))
+            .conflict_retry_after(Duration::from_millis(100))
+    };
+    // One prefix, one connection per instance.
+    let prefix = format!("restart-{}", uuid::Uuid::new_v4());
+    let store = || async {
+        RedisStore::connect(server.url())
+            .await
+            .expect("connect to redis")
+            .prefix(&prefix)
+    };
+    let apps = [
+        serve(&handler, layer(store().await)).await,
+        serve(&handler, layer(store().await)).await,
+    ];
+    let (a, b) = (apps[0].addr, apps[1].addr);
+
+    // Every operation is delivered twice, once to each instance, the second
+    // a little later: 4,000 requests for 2,000 keys, 32 operations at a time.
+    let ops = 2_000;
+    let limit = Arc::new(tokio::sync::Semaphore::new(32));
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..ops {
+        let (limit, started) = (limit.clone(), started.clone());
+        let (first, second) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            started.fetch_add(1, Ordering::SeqCst);
+            let key = format!("charge-{i}");
+            let duplicate = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                send_retrying(second, format!("charge-{i}")).await
+            });
+            let statuses = [send_retrying(first, key).await, duplicate.await.unwrap()];
+            assert_eq!(statuses, [StatusCode::CREATED; 2], "charge-{i}");
+        }));
+    }
+    // Mid-run, Redis dies without warning and comes back from its files.
+    while started.load(Ordering::SeqCst) < ops / 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        handler.runs(),
+        ops,
+        "duplicate executions: {}",
+        handler.runs() - ops
+    );
+}
+
+/// The replica's `INFO replication` field `name`.
+async fn replication_field(url: &str, name: &str) -> String {
+    let mut connection = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_for_replicas_a_completion_is_on_the_replica_before_the_answer() {
+    let primary = RedisServer::start();
+    let port = primary.port().to_string();
+    let mut replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replication_field(replica.url(), "master_link_status").await != "up" {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let prefix = format!("wait-{}", uuid::Uuid::new_v4());
+    let store = RedisStore::connect(primary.url())
+        .await
+        .unwrap()
+        .prefix(prefix.clone())
+        .wait_for_replicas(1, Duration::from_millis(500));
+    let handler = Handler::default();
+    let app = serve(&handler, IdempotencyLayer::new(store)).await;
+    let client = client();
+    let mut on_replica = redis::Client::open(replica.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    for i in 0..20 {
+        let key = format!("k-{i}");
+        let reply = send(&client, app.addr, "/charges", &key).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        // Read at once, before any asynchronous replication could catch up.
+        let record = format!("{prefix}:{}:{key}", principal_of("Bearer shop-1"));
+        let outcome: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&record)
+            .arg("outcome")
+            .query_async(&mut on_replica)
+            .await
+            .unwrap();
+        assert!(outcome.is_some(), "{record} is not on the replica yet");
+    }
+
+    // Without its replica the completion still stands (after the WAIT
+    // timeout), and a retry is a replay.
+    replica.stop();
+    let first = send(&client, app.addr, "/charges", "alone").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(
+        send(&client, app.addr, "/charges", "alone")
+            .await
+            .replayed()
+    );
+    assert_eq!(handler.runs(), 21);
+    app.task.abort();
+}
+
+/// The principal the layer derives from an `Authorization` value.
+fn principal_of(authorization: &str) -> String {
+    tower_reissue::idempotency::Principal::from_credentials(authorization.as_bytes())
+        .as_str()
+        .to_owned()
+}

@@ -276,9 +276,14 @@ impl<'a> RequestView<'a> {
             .filter(|v| !v.is_empty())
     }
 
-    /// Whether the request carries an idempotency key.
+    /// Whether the request carries an idempotency key the server
+    /// deduplicates on: a key marked
+    /// [`correlation_only`](IdempotencyKey::correlation_only) does not count.
     pub fn has_idempotency_key(&self) -> bool {
-        self.idempotency_key().is_some()
+        match self.extensions.and_then(|e| e.get::<IdempotencyKey>()) {
+            Some(key) => !key.is_correlation_only(),
+            None => self.idempotency_key().is_some(),
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 //! [`Once`](crate::once::Once) both run through these functions, so an HTTP
 //! handler and a queue consumer get the same guarantees from a store.
 
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use super::store::{
 };
 
 /// How to claim a record.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ClaimRules {
     /// The lease of an acquired claim.
     pub(crate) lease: Duration,
@@ -28,12 +30,22 @@ pub(crate) struct ClaimRules {
     pub(crate) wait_for_result: Option<Duration>,
     /// How often to ask again while waiting.
     pub(crate) wait_poll_interval: Duration,
+    /// Results this process could not store: its own duplicates get them.
+    pub(crate) kept: KeptResults,
 }
 
 /// A claim that went the caller's way: run the work, or use the stored result.
 pub(crate) enum Claimed {
-    Acquired(FencingToken),
+    Acquired(Acquired),
     Completed(Outcome),
+}
+
+/// A claim acquired: its token, and when it was sent (the lease runs from no
+/// earlier than that).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Acquired {
+    token: FencingToken,
+    sent: Instant,
 }
 
 /// Why the work must not run.
@@ -52,12 +64,22 @@ pub(crate) async fn claim<St: IdempotencyStore>(
     store: &St,
     record: &RecordKey,
     fingerprint: &Fingerprint,
-    rules: ClaimRules,
+    rules: &ClaimRules,
 ) -> Result<Claimed, Refused> {
     let give_up_at = rules.wait_for_result.map(crate::time::after);
     loop {
+        // Checked on every round: a result kept while this waited is the
+        // answer, whatever the store says once the holder's lease is gone.
+        match rules.kept.get(record) {
+            Some((stored, _)) if stored != *fingerprint => {
+                return Err(Refused::FingerprintMismatch);
+            }
+            Some((_, outcome)) => return Ok(Claimed::Completed(outcome)),
+            None => {}
+        }
+        let sent = Instant::now();
         match store.claim(record, fingerprint, rules.lease).await {
-            Ok(Claim::Acquired(token)) => return Ok(Claimed::Acquired(token)),
+            Ok(Claim::Acquired(token)) => return Ok(Claimed::Acquired(Acquired { token, sent })),
             Ok(
                 Claim::Completed {
                     fingerprint: stored,
@@ -100,18 +122,47 @@ pub(crate) enum Renewal<T> {
 pub(crate) struct HeldClaim<St: IdempotencyStore> {
     store: St,
     record: RecordKey,
+    fingerprint: Fingerprint,
     token: FencingToken,
+    lease: Duration,
+    // No later than the store's own lease end: each is measured from before
+    // the request that set it.
+    lease_ends: Mutex<Instant>,
+    kept: KeptResults,
     settled: bool,
 }
 
 impl<St: IdempotencyStore> HeldClaim<St> {
-    pub(crate) fn new(store: St, record: RecordKey, token: FencingToken) -> Self {
+    /// Holds the claim `acquired` of `record` under `rules`.
+    pub(crate) fn new(
+        store: St,
+        record: RecordKey,
+        fingerprint: Fingerprint,
+        acquired: Acquired,
+        rules: &ClaimRules,
+    ) -> Self {
         Self {
             store,
             record,
-            token,
+            fingerprint,
+            token: acquired.token,
+            lease: rules.lease,
+            lease_ends: Mutex::new(after(acquired.sent, rules.lease)),
+            kept: rules.kept.clone(),
             settled: false,
         }
+    }
+
+    fn lease_ends(&self) -> Instant {
+        *self.lease_ends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Renews once, moving the known lease end on success.
+    async fn renew(&self, lease: Duration) -> Result<(), StoreError> {
+        let sent = Instant::now();
+        self.store.renew(&self.record, self.token, lease).await?;
+        *self.lease_ends.lock().unwrap_or_else(|e| e.into_inner()) = after(sent, lease);
+        Ok(())
     }
 
     /// Drives `work` while renewing the lease every third of it, so slow work
@@ -125,7 +176,7 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         mut work: F,
     ) -> Renewal<F::Output> {
         let period = (lease / 3).max(Duration::from_millis(1));
-        let renew = || self.store.renew(&self.record, self.token, lease);
+        let renew = || self.renew(lease);
         let mut tick = pin!(tokio::time::sleep(period));
         let mut renewal = pin!(none_of(&renew));
         poll_fn(move |cx: &mut Context<'_>| {
@@ -156,14 +207,82 @@ impl<St: IdempotencyStore> HeldClaim<St> {
 
     /// Stores the work's outcome; a store that rejects the token (the lease
     /// ran out) keeps the record of whoever took over.
+    ///
+    /// A claim left in flight by a failed completion would let a retry run
+    /// the work a second time once its lease expires. So when the store
+    /// fails, the outcome is kept in this process at once (its own
+    /// duplicates get it from there), and the completion is tried again in
+    /// the background, renewing the lease in between, for as long as the
+    /// lease surely holds. The caller gets its answer without waiting for
+    /// the store to come back.
     pub(crate) async fn complete(mut self, outcome: Outcome, ttl: Duration) {
         self.settled = true;
-        if let Err(err) = self
+        match self
             .store
-            .complete(&self.record, self.token, outcome, ttl)
+            .complete(&self.record, self.token, outcome.clone(), ttl)
             .await
         {
-            tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result");
+            Ok(()) => return,
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!(
+                    key = self.record.key(),
+                    "idempotency lease lost before the result was stored; the store keeps the record of whoever took over"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; keeping it in this process and trying again");
+                self.kept
+                    .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
+            }
+        }
+        let retry = self.complete_again(outcome, ttl);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(retry)),
+            Err(_) => retry.await,
+        }
+    }
+
+    async fn complete_again(self, outcome: Outcome, ttl: Duration) {
+        let mut pause = COMPLETION_RETRY_FIRST_PAUSE;
+        loop {
+            // Stop while a whole try still fits in the lease.
+            let margin = (self.lease / 4).max(pause);
+            if crate::time::after(pause + margin) >= self.lease_ends() {
+                tracing::error!(
+                    key = self.record.key(),
+                    principal = self.record.principal(),
+                    "idempotency store unreachable for the whole lease: the result is kept in this process only, and a duplicate reaching another instance can run again"
+                );
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(COMPLETION_RETRY_MAX_PAUSE);
+            if let Err(err) = self.renew(self.lease).await {
+                if !matches!(err, StoreError::LeaseLost) {
+                    continue;
+                }
+            }
+            match self
+                .store
+                .complete(&self.record, self.token, outcome.clone(), ttl)
+                .await
+            {
+                // The lease still held when this try started, so a lost
+                // token means an earlier try whose answer was lost did
+                // complete the record.
+                Ok(()) | Err(StoreError::LeaseLost) => {
+                    tracing::info!(
+                        key = self.record.key(),
+                        "idempotent result stored after the store came back"
+                    );
+                    self.kept.remove(&self.record);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; trying again");
+                }
+            }
         }
     }
 
@@ -199,6 +318,88 @@ impl<St: IdempotencyStore> Drop for HeldClaim<St> {
                 runtime.spawn(release);
             }
         }
+    }
+}
+
+/// The first pause before a completion is tried again; it doubles up to
+/// [`COMPLETION_RETRY_MAX_PAUSE`].
+const COMPLETION_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const COMPLETION_RETRY_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+fn after(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .unwrap_or_else(|| crate::time::after(duration))
+}
+
+/// Outcomes this process could not store, by record: consulted before the
+/// store, so that a completion lost to a store outage still answers this
+/// process's duplicates. Shared by every clone of a layer or `Once`.
+///
+/// Bounded: past [`KeptResults::MAX`] entries, the one that would expire
+/// first makes room (a store outage that long is an incident, and memory
+/// must not grow without bound meanwhile).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KeptResults(Arc<Mutex<HashMap<RecordKey, Kept>>>);
+
+#[derive(Debug)]
+struct Kept {
+    fingerprint: Fingerprint,
+    outcome: Outcome,
+    expires_at: Instant,
+}
+
+impl KeptResults {
+    const MAX: usize = 10_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Kept>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live kept result of `record`, if any.
+    fn get(&self, record: &RecordKey) -> Option<(Fingerprint, Outcome)> {
+        let mut kept = self.lock();
+        if kept.is_empty() {
+            return None;
+        }
+        match kept.get(record) {
+            Some(entry) if entry.expires_at > Instant::now() => {
+                Some((entry.fingerprint, entry.outcome.clone()))
+            }
+            Some(_) => {
+                kept.remove(record);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove(&self, record: &RecordKey) {
+        self.lock().remove(record);
+    }
+
+    fn insert(&self, record: RecordKey, fingerprint: Fingerprint, outcome: Outcome, ttl: Duration) {
+        let now = Instant::now();
+        let mut kept = self.lock();
+        kept.retain(|_, entry| entry.expires_at > now);
+        if kept.len() >= Self::MAX {
+            let first = kept
+                .iter()
+                .min_by_key(|(_, entry)| entry.expires_at)
+                .map(|(key, _)| key.clone());
+            if let Some(first) = first {
+                kept.remove(&first);
+            }
+        }
+        let expires_at = after(now, ttl);
+        kept.insert(
+            record,
+            Kept {
+                fingerprint,
+                outcome,
+                expires_at,
+            },
+        );
     }
 }
 

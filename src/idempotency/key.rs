@@ -121,4 +121,18 @@ mod tests {
         headers.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
         assert_eq!(parse(&headers), Err(KeyError::Repeated));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_quoting_keeps_the_key(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let Ok(value) = HeaderValue::from_bytes(&value) else { return Ok(()); };
+            let mut headers = HeaderMap::new();
+            headers.insert(IDEMPOTENCY_KEY, value);
+            if let Ok(Some(parsed)) = parse(&headers) {
+                proptest::prop_assert!((1..=MAX_KEY_LEN).contains(&parsed.len()));
+                let quoted = format!("\"{}\"", parsed.replace('\\', "\\\\").replace('"', "\\\""));
+                proptest::prop_assert_eq!(key(quoted.as_bytes()), Ok(Some(parsed)));
+            }
+        }
+    }
 }

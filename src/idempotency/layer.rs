@@ -4,6 +4,7 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
+use super::exec::KeptResults;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::service::Idempotency;
 use super::store::IdempotencyStore;
@@ -21,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) wait_poll_interval: Duration,
     pub(crate) fail_open: bool,
     pub(crate) store_retry_after: Duration,
+    pub(crate) store_server_errors: bool,
+    pub(crate) kept: KeptResults,
 }
 
 impl Default for Config {
@@ -36,6 +39,8 @@ impl Default for Config {
             wait_poll_interval: Duration::from_millis(50),
             fail_open: false,
             store_retry_after: Duration::from_secs(5),
+            store_server_errors: false,
+            kept: KeptResults::default(),
         }
     }
 }
@@ -222,6 +227,26 @@ impl<St, P> IdempotencyLayer<St, P> {
     /// ```
     pub fn store_retry_after(self, retry_after: Duration) -> Self {
         self.configure(|c| c.store_retry_after = retry_after)
+    }
+
+    /// Stores 5xx responses too, as Stripe does: a retry gets the same 5xx
+    /// replayed and the handler never runs a second time.
+    ///
+    /// By default a 5xx releases the claim so that a retry runs the handler
+    /// again, which is right for a handler that fails *before* its effect
+    /// (it rolls back, or the failure was a dependency refusing the call).
+    /// A handler that may fail *after* its effect (the email went out, then
+    /// writing the receipt failed) should store: a second run would repeat
+    /// the effect. Per response, the [`StoreDecision`](super::StoreDecision)
+    /// extension still overrides either choice, and a service error or a
+    /// panic (no response to store) always releases.
+    ///
+    /// ```
+    /// # use tower_reissue::{IdempotencyLayer, MemoryStore};
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).store_server_errors();
+    /// ```
+    pub fn store_server_errors(self) -> Self {
+        self.configure(|c| c.store_server_errors = true)
     }
 
     /// Scopes records by another [`PrincipalExtractor`], such as a closure

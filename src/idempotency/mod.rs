@@ -19,8 +19,11 @@
 //!
 //! Which results are stored: 2xx, 3xx and 4xx, except 408, 409, 425 and 429.
 //! A 5xx, a service error or a panic releases the claim, so a retry runs the
-//! handler again. A handler overrides this with the [`StoreDecision`] response
-//! extension. A response body over `max_body` is sent but not stored; the key
+//! handler again. With [`store_server_errors`](IdempotencyLayer::store_server_errors)
+//! a 5xx is stored and replayed instead (Stripe's rule): pick it when a
+//! handler may fail after its effect took place, so that a retry can never
+//! repeat the effect. A handler overrides either rule with the
+//! [`StoreDecision`] response extension. A response body over `max_body` is sent but not stored; the key
 //! is marked, so duplicates get a clear error rather than a second execution.
 //!
 //! Requests without a key pass through untouched, unless their method is
@@ -74,6 +77,12 @@
 //! `original_status` gives the first response's status. The handler does not
 //! run again.
 //!
+//! ## quota-exceeded
+//! `429` with `Retry-After`: the client (its principal) holds as many
+//! records as the store's quota allows (see
+//! [`MemoryStore`'s quotas](MemoryStore#quotas)). The request did not run,
+//! and nobody else's records were dropped for it.
+//!
 //! ## store-unavailable
 //! `503` with `Retry-After`: the store failed, and the layer fails closed (see
 //! [`fail_open`](IdempotencyLayer::fail_open)).
@@ -81,7 +90,7 @@
 mod body;
 pub(crate) mod exec;
 mod future;
-mod key;
+pub(crate) mod key;
 mod layer;
 mod principal;
 mod problem;

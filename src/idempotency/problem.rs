@@ -24,6 +24,7 @@ pub(crate) enum Problem {
     KeyReused,
     ResponseNotStored { status: StatusCode },
     StoreUnavailable { retry_after: Duration },
+    QuotaExceeded { retry_after: Duration },
 }
 
 impl Problem {
@@ -37,6 +38,7 @@ impl Problem {
             Problem::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::ResponseNotStored { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -50,6 +52,7 @@ impl Problem {
             Problem::KeyReused => ServerOutcome::Mismatch,
             Problem::ResponseNotStored { .. } => ServerOutcome::NotStored,
             Problem::StoreUnavailable { .. } => ServerOutcome::StoreUnavailable,
+            Problem::QuotaExceeded { .. } => ServerOutcome::QuotaExceeded,
         }
     }
 
@@ -64,6 +67,7 @@ impl Problem {
             Problem::KeyReused => "idempotency-key-reused",
             Problem::ResponseNotStored { .. } => "response-not-stored",
             Problem::StoreUnavailable { .. } => "store-unavailable",
+            Problem::QuotaExceeded { .. } => "quota-exceeded",
         }
     }
 
@@ -77,6 +81,7 @@ impl Problem {
             Problem::KeyReused => "Idempotency-Key reused for a different request",
             Problem::ResponseNotStored { .. } => "Original response was not stored",
             Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
+            Problem::QuotaExceeded { .. } => "Too many idempotency keys",
         }
     }
 
@@ -109,14 +114,18 @@ impl Problem {
                 "Idempotency records cannot be checked right now, so the request was not run; retry later."
                     .to_owned()
             }
+            Problem::QuotaExceeded { .. } => "This client holds as many idempotency records as it \
+                may, so the request was not run; retry after the delay given, and reuse a key for \
+                the retries of one request instead of sending new ones."
+                .to_owned(),
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Problem::InFlight { retry_after } | Problem::StoreUnavailable { retry_after } => {
-                Some(*retry_after)
-            }
+            Problem::InFlight { retry_after }
+            | Problem::StoreUnavailable { retry_after }
+            | Problem::QuotaExceeded { retry_after } => Some(*retry_after),
             _ => None,
         }
     }

@@ -15,15 +15,13 @@ use tracing::Instrument;
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
-use super::exec::{self, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
+use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
 use super::future::ResponseFuture;
 use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::problem::Problem;
-use super::store::{
-    FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoredResponse,
-};
+use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError, StoredResponse};
 use crate::telemetry::{self, ServerOutcome};
 
 /// The response header marking a replayed result.
@@ -137,7 +135,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        let record = RecordKey::new(self.principal.principal(&parts).into_string(), key);
+        let record = RecordKey::of_client(self.principal.principal(&parts).into_string(), key);
         ResponseFuture::keyed(Box::pin(detached(
             run_keyed(
                 inner,
@@ -201,7 +199,13 @@ where
         Err(problem) => return Ok(problem.into_response()),
     };
     let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &body);
-    let token = match claim(&store, &config, &record, &fingerprint).await {
+    let rules = ClaimRules {
+        lease: config.lease,
+        wait_for_result: config.wait_for_result,
+        wait_poll_interval: config.wait_poll_interval,
+        kept: config.kept.clone(),
+    };
+    let token = match claim(&store, &config, &rules, &record, &fingerprint).await {
         Ok(token) => token,
         Err(answer) => return Ok(answer),
     };
@@ -213,8 +217,8 @@ where
         telemetry::server_answered(ServerOutcome::ExecutedUnprotected, status);
         return Ok(response?.map(ResponseBody::inner));
     };
-    let held = HeldClaim::new(store, record, token);
-    let mut work = pin!(execute(inner, request, config.max_body));
+    let held = HeldClaim::new(store, record, fingerprint, token, &rules);
+    let mut work = pin!(execute(inner, request, &config));
     let executed = match held.renewing(config.lease, work.as_mut()).await {
         Renewal::Finished(executed) => executed,
         // The client still gets its response; the store keeps the record of
@@ -258,14 +262,10 @@ where
 async fn claim<St: IdempotencyStore, B>(
     store: &St,
     config: &Config,
+    rules: &ClaimRules,
     record: &RecordKey,
     fingerprint: &Fingerprint,
-) -> Result<Option<FencingToken>, Response<ResponseBody<B>>> {
-    let rules = ClaimRules {
-        lease: config.lease,
-        wait_for_result: config.wait_for_result,
-        wait_poll_interval: config.wait_poll_interval,
-    };
+) -> Result<Option<Acquired>, Response<ResponseBody<B>>> {
     match exec::claim(store, record, fingerprint, rules).await {
         Ok(Claimed::Acquired(token)) => Ok(Some(token)),
         Ok(Claimed::Completed(outcome)) => Err(replay(outcome)),
@@ -274,6 +274,10 @@ async fn claim<St: IdempotencyStore, B>(
             retry_after: config.conflict_retry_after,
         }
         .into_response()),
+        // Not a failure of the store: failing open would let the flood in.
+        Err(Refused::Store(StoreError::QuotaExceeded { retry_after })) => {
+            Err(Problem::QuotaExceeded { retry_after }.into_response())
+        }
         Err(Refused::Store(_)) if config.fail_open => Ok(None),
         Err(Refused::Store(_)) => Err(Problem::StoreUnavailable {
             retry_after: config.store_retry_after,
@@ -309,7 +313,7 @@ enum Executed<B> {
 async fn execute<S, ReqBody, ResBody>(
     mut inner: S,
     request: Request<ReqBody>,
-    max_body: usize,
+    config: &Config,
 ) -> Result<Executed<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -323,7 +327,7 @@ where
     let keep = match response.extensions().get::<StoreDecision>() {
         Some(StoreDecision::Store) => true,
         Some(StoreDecision::Release) => false,
-        None => stored_by_default(response.status()),
+        None => stored_by_default(response.status(), config.store_server_errors),
     };
     if !keep {
         return Ok(Executed::Release(response.map(ResponseBody::inner)));
@@ -331,6 +335,7 @@ where
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let not_stored = Outcome::NotStored { status };
+    let max_body = config.max_body;
     if body.size_hint().lower() > max_body as u64 {
         let response = Response::from_parts(parts, ResponseBody::inner(body));
         return Ok(Executed::Store(response, not_stored));
@@ -355,9 +360,13 @@ where
 }
 
 /// Results a retry could change (a timeout, a conflict, rate limiting, a
-/// server error) are not stored, so the key can run again.
-fn stored_by_default(status: StatusCode) -> bool {
-    !(status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 425 | 429))
+/// server error unless the layer stores those) are not stored, so the key
+/// can run again.
+fn stored_by_default(status: StatusCode, store_server_errors: bool) -> bool {
+    if status.is_server_error() {
+        return store_server_errors;
+    }
+    !matches!(status.as_u16(), 408 | 409 | 425 | 429)
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap) {

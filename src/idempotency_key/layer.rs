@@ -44,6 +44,7 @@ pub(crate) struct KeyConfig {
     pub(crate) header: HeaderName,
     pub(crate) methods: Vec<Method>,
     pub(crate) generator: Generator,
+    pub(crate) correlation_only: bool,
 }
 
 #[derive(Clone)]
@@ -55,10 +56,15 @@ pub(crate) enum Generator {
 
 impl KeyConfig {
     pub(crate) fn generate(&self) -> IdempotencyKey {
-        match &self.generator {
+        let key = match &self.generator {
             Generator::V4 => IdempotencyKey::new_v4(),
             Generator::V7 => IdempotencyKey::new_v7(),
             Generator::Custom(generate) => generate(),
+        };
+        if self.correlation_only {
+            key.correlation_only()
+        } else {
+            key
         }
     }
 
@@ -75,6 +81,7 @@ impl IdempotencyKeyLayer {
                 header: IDEMPOTENCY_KEY,
                 methods: vec![Method::POST, Method::PATCH],
                 generator: Generator::V4,
+                correlation_only: false,
             }),
         }
     }
@@ -140,6 +147,24 @@ impl IdempotencyKeyLayer {
         self.map(|config| config.generator = Generator::Custom(Arc::new(generate)))
     }
 
+    /// For an API that ignores idempotency keys: every key this layer sets
+    /// or passes on is a [correlation id only](IdempotencyKey::correlation_only).
+    /// The request carries it (pick a header the API stores, such as
+    /// `X-Reference`) so that a [reconciler](crate::reconcile) can look it
+    /// up, but the retry layer does not count it as safe to repeat.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_reissue::IdempotencyKeyLayer;
+    /// let layer = IdempotencyKeyLayer::new()
+    ///     .header(HeaderName::from_static("x-reference"))
+    ///     .correlation_only();
+    /// # let _ = layer;
+    /// ```
+    pub fn correlation_only(self) -> Self {
+        self.map(|config| config.correlation_only = true)
+    }
+
     fn map(mut self, change: impl FnOnce(&mut KeyConfig)) -> Self {
         change(Arc::make_mut(&mut self.config));
         self
@@ -163,6 +188,7 @@ impl fmt::Debug for IdempotencyKeyLayer {
             .field("header", &self.config.header)
             .field("methods", &self.config.methods)
             .field("generator", &generator)
+            .field("correlation_only", &self.config.correlation_only)
             .finish()
     }
 }

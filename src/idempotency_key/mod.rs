@@ -60,6 +60,8 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey {
     value: HeaderValue,
+    /// Sent as a reference only: the server does not deduplicate on it.
+    correlation_only: bool,
 }
 
 impl IdempotencyKey {
@@ -82,7 +84,10 @@ impl IdempotencyKey {
         {
             return Err(InvalidIdempotencyKey(()));
         }
-        Ok(IdempotencyKey { value })
+        Ok(IdempotencyKey {
+            value,
+            correlation_only: false,
+        })
     }
 
     /// A fresh random key (UUID v4).
@@ -116,6 +121,7 @@ impl IdempotencyKey {
         IdempotencyKey {
             // A hyphenated UUID is always a valid header value.
             value: HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("")),
+            correlation_only: false,
         }
     }
 
@@ -128,6 +134,28 @@ impl IdempotencyKey {
     /// The key as a header value.
     pub fn header_value(&self) -> &HeaderValue {
         &self.value
+    }
+
+    /// Marks the key as a correlation id only, for an API that stores it as
+    /// a reference but does not deduplicate on it: the retry layer does not
+    /// count a request carrying it as safe to repeat, and a
+    /// [reconciler](crate::reconcile) can look the request up by it.
+    ///
+    /// ```
+    /// use tower_reissue::IdempotencyKey;
+    /// let reference = IdempotencyKey::new("ref-7").unwrap().correlation_only();
+    /// assert!(reference.is_correlation_only());
+    /// assert_eq!(reference.as_str(), "ref-7");
+    /// ```
+    pub fn correlation_only(mut self) -> Self {
+        self.correlation_only = true;
+        self
+    }
+
+    /// Whether the key is a correlation id only (see
+    /// [`correlation_only`](IdempotencyKey::correlation_only)).
+    pub fn is_correlation_only(&self) -> bool {
+        self.correlation_only
     }
 }
 

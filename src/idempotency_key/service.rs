@@ -139,6 +139,11 @@ fn stamp<R: KeyableRequest>(config: &KeyConfig, request: &mut R) -> Option<Idemp
             key
         }
     };
+    let key = if config.correlation_only {
+        key.correlation_only()
+    } else {
+        key
+    };
     if let Some(slot) = &slot {
         // A caller-set key fills the slot too, so the retry layer counts the
         // request as keyed whatever header carries the key.

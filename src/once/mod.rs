@@ -127,6 +127,7 @@ impl<St: IdempotencyStore> Once<St> {
                 lease: Duration::from_secs(60),
                 wait_for_result: None,
                 wait_poll_interval: Duration::from_millis(50),
+                kept: Default::default(),
             },
         }
     }
@@ -217,14 +218,14 @@ impl<St: IdempotencyStore> Once<St> {
         Fut: Future<Output = Result<T, Failure<E>>>,
     {
         let record = RecordKey::new(scope, key);
-        let token = match exec::claim(&self.store, &record, &fingerprint, self.rules).await {
+        let token = match exec::claim(&self.store, &record, &fingerprint, &self.rules).await {
             Ok(Claimed::Acquired(token)) => token,
             Ok(Claimed::Completed(outcome)) => return replay(outcome),
             Err(Refused::FingerprintMismatch) => return Err(OnceError::FingerprintMismatch),
             Err(Refused::InFlight) => return Err(OnceError::InFlight),
             Err(Refused::Store(error)) => return Err(OnceError::Unavailable(error)),
         };
-        let held = HeldClaim::new(self.store.clone(), record, token);
+        let held = HeldClaim::new(self.store.clone(), record, fingerprint, token, &self.rules);
         let mut work = pin!(work());
         let result = match held.renewing(self.rules.lease, work.as_mut()).await {
             Renewal::Finished(result) => result,

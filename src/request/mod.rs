@@ -61,6 +61,12 @@ pub trait RequestTemplate {
     /// Makes the next attempt.
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable>;
 
+    /// The body bytes the template kept, exactly as the server was sent
+    /// them, for a dead letter or a reconciler. The default keeps none.
+    fn kept_body(&self) -> Result<bytes::Bytes, NotReplayable> {
+        Err(NotReplayable::Unclonable)
+    }
+
     /// Passes an attempt to `service`. The default just calls it; a template
     /// may wrap the call to hand context about the logical request to the
     /// layers below.
@@ -215,6 +221,10 @@ impl<B: http_body::Body> RequestTemplate for HttpTemplate<B> {
 
     fn check_replayable(&self) -> Result<(), NotReplayable> {
         self.body.is_replayable()
+    }
+
+    fn kept_body(&self) -> Result<bytes::Bytes, NotReplayable> {
+        self.body.kept_bytes()
     }
 
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable> {

@@ -77,6 +77,17 @@ impl RequestTemplate for ReqwestTemplate {
         }
     }
 
+    fn kept_body(&self) -> Result<bytes::Bytes, NotReplayable> {
+        let copy = self.copy.as_ref().ok_or(NotReplayable::Unclonable)?;
+        match copy.body() {
+            None => Ok(bytes::Bytes::new()),
+            Some(body) => body
+                .as_bytes()
+                .map(bytes::Bytes::copy_from_slice)
+                .ok_or(NotReplayable::Unclonable),
+        }
+    }
+
     fn replay(&mut self) -> Result<Self::Attempt, NotReplayable> {
         self.copy
             .as_ref()

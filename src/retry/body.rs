@@ -65,6 +65,27 @@ struct State<B> {
     failed: bool,
 }
 
+impl<B> State<B> {
+    /// Whether the copy is still kept: the body was neither over the limit
+    /// nor failed.
+    fn copy_kept(&self, limit: usize) -> Result<(), NotReplayable> {
+        if self.over_limit {
+            return Err(NotReplayable::TooLarge { limit });
+        }
+        if self.failed {
+            return Err(NotReplayable::BodyFailed);
+        }
+        Ok(())
+    }
+}
+
+/// Why reading a copy failed: the original body's own error, or the rest
+/// of it is still held by another copy.
+enum ReadError<E> {
+    Body(E),
+    InUse,
+}
+
 impl<B> Shared<B> {
     fn lock(&self) -> MutexGuard<'_, State<B>> {
         // A panic while holding the lock cannot leave the state half-written
@@ -126,14 +147,7 @@ impl<B: Body> ReplayBody<B> {
         };
         {
             let state = shared.lock();
-            if state.over_limit {
-                return Err(NotReplayable::TooLarge {
-                    limit: shared.limit,
-                });
-            }
-            if state.failed {
-                return Err(NotReplayable::BodyFailed);
-            }
+            state.copy_kept(shared.limit)?;
             if !state.complete && state.rest.is_none() {
                 return Err(NotReplayable::InUse);
             }
@@ -150,21 +164,14 @@ impl<B: Body> ReplayBody<B> {
     pub fn is_replayable(&self) -> Result<(), NotReplayable> {
         self.replay().map(drop)
     }
-}
 
-impl<B> Body for ReplayBody<B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    /// `poll_frame` without the error conversion, so that a body whose
+    /// error is not a `BoxError` can still be read for a dead letter.
+    fn poll_inner(
+        &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError<B::Error>>>> {
+        let this = self;
         let Some(shared) = &this.shared else {
             return Poll::Ready(None);
         };
@@ -189,7 +196,7 @@ where
                 // original where the previous copy left it.
                 match state.rest.take() {
                     Some(rest) => this.reader = Some(rest),
-                    None => return Poll::Ready(Some(Err(NotReplayable::InUse.into()))),
+                    None => return Poll::Ready(Some(Err(ReadError::InUse))),
                 }
             }
             let Some(reader) = this.reader.as_mut() else {
@@ -206,7 +213,7 @@ where
                 }
                 Some(Err(error)) => {
                     state.failed = true;
-                    return Poll::Ready(Some(Err(error.into())));
+                    return Poll::Ready(Some(Err(ReadError::Body(error))));
                 }
                 Some(Ok(frame)) => {
                     let frame = match frame.into_data() {
@@ -253,6 +260,66 @@ where
                 }
             }
         }
+    }
+
+    /// The whole body as the copy kept it (without trailers), for a dead
+    /// letter: only a body read to its end within the limit is known.
+    ///
+    /// A body no attempt read to its end (a request a circuit breaker
+    /// refused before sending it, say) is read now, as far as it can be
+    /// without waiting: `Full`, `Bytes` and `String` bodies always can.
+    pub(crate) fn kept_bytes(&self) -> Result<Bytes, NotReplayable> {
+        let Some(shared) = &self.shared else {
+            return Ok(Bytes::new());
+        };
+        let unread = {
+            let state = shared.lock();
+            !state.complete && state.rest.is_some()
+        };
+        if unread {
+            let mut copy = self.replay()?;
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            // Reading through a copy keeps the chunks in the shared state;
+            // a copy dropped on `Pending` hands the rest back.
+            while let Poll::Ready(Some(frame)) = copy.poll_inner(&mut cx) {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        }
+        let state = shared.lock();
+        state.copy_kept(shared.limit)?;
+        if !state.complete {
+            return Err(NotReplayable::InUse);
+        }
+        Ok(match state.chunks.as_slice() {
+            [one] => one.clone(),
+            chunks => chunks.concat().into(),
+        })
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.get_mut().poll_inner(cx).map(|frame| {
+            frame.map(|frame| {
+                frame.map_err(|error| match error {
+                    ReadError::Body(error) => error.into(),
+                    ReadError::InUse => NotReplayable::InUse.into(),
+                })
+            })
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -316,5 +383,32 @@ impl<B> fmt::Debug for ReplayBody<B> {
             .field("reading_original", &self.reader.is_some())
             .field("replayed_chunks", &self.replayed)
             .finish()
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    /// A request refused before it was sent (by a circuit breaker, say)
+    /// still has its body for a dead letter.
+    #[test]
+    fn an_unsent_body_is_read_for_a_dead_letter() {
+        let (first, handle) = ReplayBody::new(Full::new(Bytes::from("hello")), 64 * 1024);
+        drop(first);
+        assert_eq!(handle.kept_bytes().unwrap(), "hello");
+        // The copy it read is kept: a replay still sends the whole body.
+        assert_eq!(handle.kept_bytes().unwrap(), "hello");
+        assert!(handle.is_replayable().is_ok());
+    }
+
+    #[test]
+    fn an_unsent_body_over_the_limit_is_not_kept() {
+        let (first, handle) = ReplayBody::new(Full::new(Bytes::from("hello")), 2);
+        drop(first);
+        assert_eq!(
+            handle.kept_bytes().unwrap_err(),
+            NotReplayable::TooLarge { limit: 2 }
+        );
     }
 }

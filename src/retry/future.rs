@@ -12,13 +12,15 @@ use super::{
     RetryEvent, RetryLayer, safety,
 };
 use crate::BoxError;
-use crate::Verdict;
 use crate::classify::{Classifier, Outcome, RequestView};
+use crate::reconcile::{Begun, ReconcileTimedOut, Settled};
 use crate::request::{RequestTemplate, RetryResponse};
 use crate::telemetry;
+use crate::{Processed, Verdict};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry).
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, T, C>
     where
         S: Service<T::Attempt>,
@@ -38,6 +40,9 @@ pin_project! {
         // gets this rather than an error of the layer's own.
         last: Option<Result<S::Response, BoxError>>,
         last_verdict: Verdict,
+        // An earlier attempt may have taken effect: a 412 to a conditional
+        // request then means it did.
+        ambiguous: bool,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
@@ -56,6 +61,12 @@ pin_project! {
         },
         Waiting,
         Ready,
+        // Asking the reconciler about the attempt whose result is in `last`.
+        // Boxed once more so that the state stays one pointer wide: a small
+        // attempt future must not grow for the sake of the failure path.
+        Reconciling {
+            probe: Box<crate::reconcile::Probe>,
+        },
     }
 }
 
@@ -83,6 +94,7 @@ where
             timer,
             last: None,
             last_verdict: Verdict::Success,
+            ambiguous: false,
             service,
             template,
             config,
@@ -93,7 +105,7 @@ where
     }
 }
 
-/// When one attempt must end: the per-attempt timeout or the deadline,
+/// When one attempt (or probe) must end: its timeout or the deadline,
 /// whichever comes first.
 fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
     let by_timeout = timeout.map(crate::time::after);
@@ -101,6 +113,12 @@ fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> bool {
+    timer
+        .as_mut()
+        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
 }
 
 fn set_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
@@ -128,14 +146,10 @@ where
                     let entered = this.span.enter();
                     let polled = future.poll(cx);
                     drop(entered);
-                    let mut result = match polled {
+                    let result = match polled {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
-                            let expired = this
-                                .timer
-                                .as_mut()
-                                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-                            if !expired {
+                            if !expired(this.timer, cx) {
                                 return Poll::Pending;
                             }
                             Err(timed_out(*this.deadline))
@@ -154,8 +168,6 @@ where
                         Err(error) => Outcome::Error(&**error),
                     };
                     let verdict = this.config.classifier.classify(&request, &outcome);
-                    // The decision's events belong to this attempt's span.
-                    let entered = this.span.enter();
                     let error_type = this.span.ended(&request, &outcome, verdict);
                     let decision = decide(
                         this.config,
@@ -168,63 +180,70 @@ where
                     );
                     let (delay, hold) = match decision {
                         Ok(decided) => decided,
-                        Err(reason) => {
-                            match reason {
-                                Some(reason) => {
-                                    give_up(this.config, request, *this.attempt, verdict, reason)
+                        Err(mut reason) => {
+                            // The decision's events belong to this attempt's span.
+                            let _entered = this.span.enter();
+                            if let Some(failed) = reason {
+                                match crate::reconcile::begin(
+                                    this.config,
+                                    this.template,
+                                    &request,
+                                    &outcome,
+                                    failed,
+                                    *this.ambiguous,
+                                    *this.deadline,
+                                ) {
+                                    Begun::GiveUp(failed) => reason = Some(failed),
+                                    Begun::Applied => {
+                                        telemetry::succeeded(*this.attempt);
+                                        let result = crate::reconcile::applied(result);
+                                        return Poll::Ready(with_attempts(result, *this.attempt));
+                                    }
+                                    Begun::Probe(probe) => {
+                                        let timeout = this.config.reconcile.timeout;
+                                        match attempt_ends(timeout, *this.deadline) {
+                                            Some(at) => set_timer(this.timer, at),
+                                            None => *this.timer = None,
+                                        }
+                                        *this.last = Some(result);
+                                        *this.last_verdict = verdict;
+                                        let probe = Box::new(probe);
+                                        this.state.set(State::Reconciling { probe });
+                                        continue;
+                                    }
                                 }
-                                None => telemetry::succeeded(*this.attempt),
                             }
-                            if let Ok(response) = &mut result {
-                                response.extensions_mut().insert(Attempts(*this.attempt));
+                            if let Some(reason) = reason {
+                                let parked = (&*this.template, Some(&result));
+                                give_up(
+                                    this.config,
+                                    request,
+                                    *this.attempt,
+                                    verdict,
+                                    reason,
+                                    parked,
+                                );
+                            } else {
+                                telemetry::succeeded(*this.attempt);
                             }
-                            return Poll::Ready(result);
+                            return Poll::Ready(with_attempts(result, *this.attempt));
                         }
                     };
-                    tracing::debug!(
-                        target: "tower_reissue::retry",
-                        method = %request.method(),
-                        uri = %request.uri(),
-                        attempt = *this.attempt,
-                        ?verdict,
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying"
-                    );
-                    telemetry::retrying(error_type.as_ref(), delay);
-                    if let Some(hook) = &this.config.on_retry {
-                        hook(&RetryEvent {
-                            request,
-                            attempt: *this.attempt,
-                            verdict,
-                            delay,
-                        });
-                    }
-                    // The failed response is dropped here (the caller only
-                    // ever sees the attempt that ends the request), unless it
-                    // may still be needed as the answer.
-                    if hold {
-                        if let Ok(response) = &mut result {
-                            response.extensions_mut().insert(Attempts(*this.attempt));
+                    let error_type = error_type.as_ref();
+                    schedule_retry(&mut this, result, verdict, error_type, delay, hold);
+                }
+                StateProj::Reconciling { probe } => {
+                    let answer = match probe.as_mut().as_mut().poll(cx) {
+                        Poll::Ready(answer) => answer,
+                        Poll::Pending => {
+                            if !expired(this.timer, cx) {
+                                return Poll::Pending;
+                            }
+                            Err(Box::new(ReconcileTimedOut) as BoxError)
                         }
-                        *this.last = Some(result);
-                    } else {
-                        drop(result);
-                    }
-                    drop(entered);
-                    // The attempt's span ends with it, not after the delay,
-                    // unless a give-up may follow when the held copy never
-                    // comes back.
-                    if !hold {
-                        this.span.close();
-                    }
-                    *this.last_verdict = verdict;
-                    *this.attempt += 1;
-                    *this.previous_delay = delay;
-                    if delay.is_zero() {
-                        this.state.set(State::Ready);
-                    } else {
-                        set_timer(this.timer, crate::time::after(delay));
-                        this.state.set(State::Waiting);
+                    };
+                    if let Some(result) = after_probe(&mut this, answer) {
+                        return Poll::Ready(result);
                     }
                 }
                 StateProj::Waiting => {
@@ -235,6 +254,13 @@ where
                 }
                 StateProj::Ready => {
                     if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        let _attempt = this.span.enter();
+                        let attempts = *this.attempt - 1;
+                        let request = this.template.view().with_attempt(attempts);
+                        let reason = GiveUpReason::ServiceNotReady;
+                        let parked = (&*this.template, this.last.as_ref());
+                        let verdict = *this.last_verdict;
+                        give_up(this.config, request, attempts, verdict, reason, parked);
                         return Poll::Ready(this.last.take().unwrap_or_else(|| Err(error.into())));
                     }
                     let request = match this.template.replay() {
@@ -244,7 +270,9 @@ where
                             let request = this.template.view().with_attempt(attempts);
                             let reason = GiveUpReason::NotReplayable(why);
                             let _attempt = this.span.enter();
-                            give_up(this.config, request, attempts, *this.last_verdict, reason);
+                            let parked = (&*this.template, this.last.as_ref());
+                            let verdict = *this.last_verdict;
+                            give_up(this.config, request, attempts, verdict, reason, parked);
                             return Poll::Ready(
                                 this.last.take().unwrap_or_else(|| Err(why.into())),
                             );
@@ -268,6 +296,159 @@ where
     }
 }
 
+/// Acts on the reconciler's answer about the attempt held in `last`: the
+/// caller's result, or `None` once the next attempt is set up. Kept out of
+/// `poll` (and cold) so that the attempt's path stays as lean as without
+/// reconciliation.
+#[cold]
+#[inline(never)]
+fn after_probe<S, T, C>(
+    this: &mut ResponseFutureProj<'_, S, T, C>,
+    answer: Result<crate::reconcile::Reconciled, BoxError>,
+) -> Option<Result<S::Response, BoxError>>
+where
+    S: Service<T::Attempt>,
+    S::Response: RetryResponse,
+    T: RequestTemplate,
+{
+    this.state.set(State::Ready);
+    // The probe's answer and what follows belong to the probed attempt.
+    let entered = this.span.enter();
+    let result = this
+        .last
+        .take()
+        .unwrap_or_else(|| Err("the reconciled attempt's result is gone".into()));
+    let request = this.template.view().with_attempt(*this.attempt);
+    let verdict = match crate::reconcile::settle(this.config, &request, answer) {
+        Settled::Applied => {
+            telemetry::succeeded(*this.attempt);
+            let result = crate::reconcile::applied(result);
+            return Some(with_attempts(result, *this.attempt));
+        }
+        Settled::Unreconciled => {
+            let (verdict, reason) = (*this.last_verdict, GiveUpReason::Unreconciled);
+            let parked = (&*this.template, Some(&result));
+            give_up(this.config, request, *this.attempt, verdict, reason, parked);
+            return Some(with_attempts(result, *this.attempt));
+        }
+        Settled::NotApplied => Verdict::Transient {
+            processed: Processed::No,
+            retry_after: this.last_verdict.retry_after(),
+        },
+    };
+    let decision = decide(
+        this.config,
+        this.template,
+        &request,
+        verdict,
+        *this.attempt,
+        *this.previous_delay,
+        *this.deadline,
+    );
+    match decision {
+        Ok((delay, hold)) => {
+            let error_type = telemetry::ErrorType::of(&match &result {
+                Ok(response) => Outcome::Response {
+                    status: response.status(),
+                    headers: response.headers(),
+                },
+                Err(error) => Outcome::Error(&**error),
+            });
+            drop(entered);
+            schedule_retry(this, result, verdict, Some(&error_type), delay, hold)
+        }
+        Err(reason) => {
+            if let Some(reason) = reason {
+                let parked = (&*this.template, Some(&result));
+                give_up(this.config, request, *this.attempt, verdict, reason, parked);
+            }
+            return Some(with_attempts(result, *this.attempt));
+        }
+    }
+    None
+}
+
+/// Sets up the next attempt after `delay`; `result` is the failed one.
+#[inline(never)]
+fn schedule_retry<S, T, C>(
+    this: &mut ResponseFutureProj<'_, S, T, C>,
+    mut result: Result<S::Response, BoxError>,
+    verdict: Verdict,
+    error_type: Option<&telemetry::ErrorType>,
+    delay: Duration,
+    hold: bool,
+) where
+    S: Service<T::Attempt>,
+    S::Response: RetryResponse,
+    T: RequestTemplate,
+{
+    let entered = this.span.enter();
+    let request = this.template.view().with_attempt(*this.attempt);
+    tracing::debug!(
+        target: "tower_reissue::retry",
+        method = %request.method(),
+        uri = %request.uri(),
+        attempt = *this.attempt,
+        ?verdict,
+        delay_ms = delay.as_millis() as u64,
+        "retrying"
+    );
+    telemetry::retrying(error_type, delay);
+    if let Some(hook) = &this.config.on_retry {
+        hook(&RetryEvent {
+            request,
+            attempt: *this.attempt,
+            verdict,
+            delay,
+        });
+    }
+    // The failed response is dropped here (the caller only
+    // ever sees the attempt that ends the request), unless it
+    // may still be needed as the answer.
+    if hold {
+        if let Ok(response) = &mut result {
+            response.extensions_mut().insert(Attempts(*this.attempt));
+        }
+        *this.last = Some(result);
+    } else {
+        drop(result);
+    }
+    drop(entered);
+    // The attempt's span ends with it, not after the delay, unless a
+    // give-up may follow when the held copy never comes back.
+    if !hold {
+        this.span.close();
+    }
+    *this.last_verdict = verdict;
+    *this.attempt += 1;
+    *this.previous_delay = delay;
+    if delay.is_zero() {
+        this.state.set(State::Ready);
+    } else {
+        set_timer(this.timer, crate::time::after(delay));
+        this.state.set(State::Waiting);
+    }
+    if matches!(
+        verdict,
+        Verdict::Transient {
+            processed: Processed::Maybe,
+            ..
+        }
+    ) {
+        *this.ambiguous = true;
+    }
+}
+
+fn with_attempts<R: RetryResponse>(
+    mut result: Result<R, BoxError>,
+    attempts: u32,
+) -> Result<R, BoxError> {
+    if let Ok(response) = &mut result {
+        response.extensions_mut().insert(Attempts(attempts));
+    }
+    result
+}
+
 fn timed_out(deadline: Option<Instant>) -> BoxError {
     match deadline {
         Some(deadline) if Instant::now() >= deadline => Box::new(DeadlineExceeded),
@@ -279,6 +460,9 @@ fn timed_out(deadline: Option<Instant>) -> BoxError {
 /// still in use below, so keep the failed result until the copy is back);
 /// `Err(None)` on success; `Err(Some(reason))` to hand a failure to the
 /// caller.
+// Inlined into both callers: the attempt's path must not pay a call for the
+// reconcile path's second use of it.
+#[inline(always)]
 fn decide<C, T: RequestTemplate>(
     config: &RetryLayer<C>,
     template: &T,
@@ -337,12 +521,15 @@ fn retry_after_jitter(asked: Duration) -> Duration {
     crate::Backoff::exponential(bound, bound).delay(1, Duration::ZERO)
 }
 
-fn give_up<C>(
+/// `parked`: the request's template and last result, for the dead-letter
+/// queue.
+fn give_up<C, T: RequestTemplate, R: RetryResponse>(
     config: &RetryLayer<C>,
     request: RequestView<'_>,
     attempts: u32,
     verdict: Verdict,
     reason: GiveUpReason,
+    parked: (&T, Option<&Result<R, BoxError>>),
 ) {
     tracing::debug!(
         target: "tower_reissue::retry",
@@ -361,5 +548,8 @@ fn give_up<C>(
             verdict,
             reason,
         });
+    }
+    if let Some(sink) = &config.dead_letters {
+        sink.park(request, parked.0, attempts, reason, parked.1);
     }
 }

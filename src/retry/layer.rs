@@ -4,6 +4,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::{GiveUpEvent, Retry, RetryEvent};
+use crate::dead_letter::DeadLetters;
 use crate::{Backoff, DefaultClassifier, RetryBudget};
 
 pub(crate) type RetryHook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
@@ -50,6 +51,8 @@ pub struct RetryLayer<C = DefaultClassifier> {
     pub(crate) replay_limit: usize,
     pub(crate) on_retry: Option<RetryHook>,
     pub(crate) on_give_up: Option<GiveUpHook>,
+    pub(crate) dead_letters: Option<DeadLetters>,
+    pub(crate) reconcile: crate::reconcile::ReconcileConfig,
 }
 
 impl RetryLayer {
@@ -71,6 +74,8 @@ impl RetryLayer {
             replay_limit: 64 * 1024,
             on_retry: None,
             on_give_up: None,
+            dead_letters: None,
+            reconcile: Default::default(),
         }
     }
 }
@@ -103,6 +108,8 @@ impl<C> RetryLayer<C> {
             replay_limit: self.replay_limit,
             on_retry: self.on_retry,
             on_give_up: self.on_give_up,
+            dead_letters: self.dead_letters,
+            reconcile: self.reconcile,
         }
     }
 
@@ -257,6 +264,27 @@ impl<C> RetryLayer<C> {
     }
 }
 
+impl<C> RetryLayer<C> {
+    /// Parks every request the layer gives up on (except a permanent
+    /// failure) in a dead-letter queue, with its body as the replay copy
+    /// kept it, for a [`Replayer`](crate::dead_letter::Replayer) or a person
+    /// to send again. Takes a queue, or a
+    /// [`DeadLetters`] sink to choose headers and redact. The push runs on a
+    /// task of its own: the caller's answer never waits for it.
+    ///
+    /// ```
+    /// use tower_reissue::RetryLayer;
+    /// use tower_reissue::dead_letter::MemoryQueue;
+    /// let queue = MemoryQueue::new();
+    /// let layer = RetryLayer::new().dead_letters(queue.clone());
+    /// # let _ = layer;
+    /// ```
+    pub fn dead_letters(mut self, sink: impl Into<DeadLetters>) -> Self {
+        self.dead_letters = Some(sink.into());
+        self
+    }
+}
+
 impl<C: Clone> Clone for RetryLayer<C> {
     fn clone(&self) -> Self {
         RetryLayer {
@@ -270,6 +298,8 @@ impl<C: Clone> Clone for RetryLayer<C> {
             replay_limit: self.replay_limit,
             on_retry: self.on_retry.clone(),
             on_give_up: self.on_give_up.clone(),
+            dead_letters: self.dead_letters.clone(),
+            reconcile: self.reconcile.clone(),
         }
     }
 }

@@ -11,7 +11,9 @@
 //!    [`IdempotencyKey`](crate::IdempotencyKey) extension, an
 //!    `Idempotency-Key` header, or the key an
 //!    [`IdempotencyKeyLayer`](crate::IdempotencyKeyLayer) below this layer
-//!    gave its first attempt); a [`Retryable`] extension forces either way;
+//!    gave its first attempt), or it is conditional (`If-Match`,
+//!    `If-None-Match: *`, `If-Unmodified-Since`: a repeat after the first took
+//!    effect fails with 412); a [`Retryable`] extension forces either way;
 //! 3. fewer than `max_attempts` attempts were made (default 3, counting the
 //!    first);
 //! 4. the body can be replayed (it fit in `replay_limit`, default 64 KiB);
@@ -153,6 +155,41 @@ pub enum GiveUpReason {
     Deadline,
     /// The retry budget is exhausted.
     BudgetExhausted,
+    /// The request may have taken effect and the reconciler could not tell
+    /// whether it did (it answered `Unknown`, failed, or timed out).
+    Unreconciled,
+    /// The wrapped service failed in `poll_ready` before the next attempt
+    /// (it closed, or its connection pool broke): the caller gets the last
+    /// attempt's result, or that error if there was none to keep.
+    ServiceNotReady,
+}
+
+impl GiveUpReason {
+    /// A stable snake_case label, for metrics, logs and stored dead letters:
+    /// `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`,
+    /// `retry_after_too_long`, `deadline`, `budget_exhausted`, `unreconciled`,
+    /// `service_not_ready`.
+    ///
+    /// ```
+    /// use tower_reissue::retry::{GiveUpReason, NotReplayable};
+    /// assert_eq!(GiveUpReason::BudgetExhausted.as_str(), "budget_exhausted");
+    /// let too_large = GiveUpReason::NotReplayable(NotReplayable::TooLarge { limit: 1 });
+    /// assert_eq!(too_large.as_str(), "not_replayable");
+    /// ```
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GiveUpReason::Permanent => "permanent",
+            GiveUpReason::NotSafe => "not_safe",
+            GiveUpReason::Disabled => "disabled",
+            GiveUpReason::MaxAttempts => "max_attempts",
+            GiveUpReason::NotReplayable(_) => "not_replayable",
+            GiveUpReason::RetryAfterTooLong => "retry_after_too_long",
+            GiveUpReason::Deadline => "deadline",
+            GiveUpReason::BudgetExhausted => "budget_exhausted",
+            GiveUpReason::Unreconciled => "unreconciled",
+            GiveUpReason::ServiceNotReady => "service_not_ready",
+        }
+    }
 }
 
 impl fmt::Display for GiveUpReason {
@@ -170,6 +207,12 @@ impl fmt::Display for GiveUpReason {
             }
             GiveUpReason::Deadline => f.write_str("the deadline leaves no time for another attempt"),
             GiveUpReason::BudgetExhausted => f.write_str("the retry budget is exhausted"),
+            GiveUpReason::Unreconciled => {
+                f.write_str("the reconciler could not tell whether the request took effect")
+            }
+            GiveUpReason::ServiceNotReady => {
+                f.write_str("the service failed to become ready for the next attempt")
+            }
         }
     }
 }
@@ -246,7 +289,10 @@ pub(crate) fn safety(request: &RequestView<'_>, processed: Processed) -> Result<
         Some(Retryable::Yes) => return Ok(()),
         None => {}
     }
-    if processed == Processed::No || request.is_idempotent_method() || request.has_idempotency_key()
+    if processed == Processed::No
+        || request.is_idempotent_method()
+        || request.has_idempotency_key()
+        || crate::reconcile::is_conditional(request.headers())
     {
         Ok(())
     } else {

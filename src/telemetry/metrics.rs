@@ -9,13 +9,15 @@
 //! | name | kind | labels | what |
 //! |---|---|---|---|
 //! | `tower_reissue_retries_total` | counter | `reason`: the failed attempt's `error.type` (status code such as `503`, or `connect`, `timeout`, `connection_reset`, `connection_closed`, `canceled`, `refused_stream`, `goaway`, `stream_reset`, `deadline_exceeded`, `circuit_open`, `_OTHER`) | retries made |
-//! | `tower_reissue_give_ups_total` | counter | `reason`: `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`, `retry_after_too_long`, `deadline`, `budget_exhausted` | failures handed to the caller |
+//! | `tower_reissue_give_ups_total` | counter | `reason`: `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`, `retry_after_too_long`, `deadline`, `budget_exhausted`, `unreconciled`, `service_not_ready` | failures handed to the caller |
+//! | `tower_reissue_reconcile_answers_total` | counter | `answer`: `applied`, `not_applied`, `unknown`, `timeout`, `error` | what reconcilers answered about ambiguous attempts |
+//! | `tower_reissue_dead_letters_total` | counter | `event`: `pushed`, `push_failed`, `replayed`, `failed_again`, `not_replayable`, `expired` | dead letters parked by the retry layer and settled by a `Replayer` |
 //! | `tower_reissue_budget_refusals_total` | counter | none | retries the budget refused |
 //! | `tower_reissue_attempts` | histogram | none | attempts per logical request |
 //! | `tower_reissue_retry_delay_seconds` | histogram | none | the delay before each retry |
 //! | `tower_reissue_breaker_transitions_total` | counter | `from`, `to`: `closed`, `open`, `half_open` | circuit breaker state changes |
 //! | `tower_reissue_breakers` | gauge | `state`: `open`, `half_open` | breakers in that state now (closed ones are not counted) |
-//! | `tower_reissue_server_requests_total` | counter | `outcome`: `executed`, `executed_unprotected` (store down, failing open), `replayed`, `conflict` (409), `mismatch` (422), `missing_key` (400), `invalid_key` (400), `request_too_large` (413), `request_unreadable` (400), `not_stored` (410), `store_unavailable` (503) | keyed requests on the server, by what the idempotency layer did |
+//! | `tower_reissue_server_requests_total` | counter | `outcome`: `executed`, `executed_unprotected` (store down, failing open), `replayed`, `conflict` (409), `mismatch` (422), `missing_key` (400), `invalid_key` (400), `request_too_large` (413), `request_unreadable` (400), `not_stored` (410), `store_unavailable` (503), `quota_exceeded` (429) | keyed requests on the server, by what the idempotency layer did |
 //!
 //! ```
 //! use tower_reissue::telemetry::metrics;
@@ -41,6 +43,10 @@ pub const BREAKER_TRANSITIONS: &str = "tower_reissue_breaker_transitions_total";
 pub const BREAKERS: &str = "tower_reissue_breakers";
 /// Counter of keyed requests on the server, label `outcome`.
 pub const SERVER_REQUESTS: &str = "tower_reissue_server_requests_total";
+/// Counter of reconciler answers, label `answer`.
+pub const RECONCILE_ANSWERS: &str = "tower_reissue_reconcile_answers_total";
+/// Counter of dead-letter events, label `event`.
+pub const DEAD_LETTERS: &str = "tower_reissue_dead_letters_total";
 
 /// The label naming why a retry was made.
 pub const LABEL_REASON: &str = "reason";
@@ -52,3 +58,7 @@ pub const LABEL_TO: &str = "to";
 pub const LABEL_STATE: &str = "state";
 /// The label naming what the idempotency layer did with a request.
 pub const LABEL_OUTCOME: &str = "outcome";
+/// The label naming a reconciler's answer.
+pub const LABEL_ANSWER: &str = "answer";
+/// The label naming what happened to a dead letter.
+pub const LABEL_EVENT: &str = "event";

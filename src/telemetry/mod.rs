@@ -118,16 +118,26 @@ pub(crate) fn gave_up(reason: GiveUpReason, attempts: u32) {
 
 #[cfg(feature = "metrics")]
 fn give_up_label(reason: GiveUpReason) -> &'static str {
-    match reason {
-        GiveUpReason::Permanent => "permanent",
-        GiveUpReason::NotSafe => "not_safe",
-        GiveUpReason::Disabled => "disabled",
-        GiveUpReason::MaxAttempts => "max_attempts",
-        GiveUpReason::NotReplayable(_) => "not_replayable",
-        GiveUpReason::RetryAfterTooLong => "retry_after_too_long",
-        GiveUpReason::Deadline => "deadline",
-        GiveUpReason::BudgetExhausted => "budget_exhausted",
-    }
+    reason.as_str()
+}
+
+/// A reconciler answered `answer` (a closed set: see the metrics table).
+#[inline]
+pub(crate) fn reconciled(answer: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(metrics::RECONCILE_ANSWERS, metrics::LABEL_ANSWER => answer).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = answer;
+}
+
+/// A dead letter was pushed, lost, or settled by a replayer (`event` is a
+/// closed set: see the metrics table).
+#[inline]
+pub(crate) fn dead_letter(event: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(metrics::DEAD_LETTERS, metrics::LABEL_EVENT => event).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = event;
 }
 
 /// A circuit breaker went from `from` to `to`.
@@ -173,6 +183,7 @@ pub(crate) enum ServerOutcome {
     RequestUnreadable,
     NotStored,
     StoreUnavailable,
+    QuotaExceeded,
 }
 
 impl ServerOutcome {
@@ -189,6 +200,7 @@ impl ServerOutcome {
             ServerOutcome::RequestUnreadable => "request_unreadable",
             ServerOutcome::NotStored => "not_stored",
             ServerOutcome::StoreUnavailable => "store_unavailable",
+            ServerOutcome::QuotaExceeded => "quota_exceeded",
         }
     }
 }

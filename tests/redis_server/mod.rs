@@ -1,7 +1,9 @@
 //! A throwaway `redis-server` for the Redis tests and bench.
 //!
 //! [`RedisServer::start`] runs one on a free loopback port without
-//! persistence (`--save "" --appendonly no`) and kills it on drop.
+//! persistence (`--save "" --appendonly no`) and kills it on drop;
+//! [`RedisServer::start_with`] takes other settings (persistence, a
+//! `--replicaof`), kept across restarts, and a directory of its own.
 //! [`RedisServer::shared`] uses the server at `REDIS_URL` instead when that
 //! variable is set. If neither works, it panics with a message saying how to
 //! get one, so a missing server fails the tests rather than skipping them.
@@ -24,6 +26,12 @@ pub struct RedisServer {
     /// The process this harness started, if any (none with `REDIS_URL`).
     child: Option<Child>,
     port: u16,
+    /// Settings after the port and bind address (replacing the default
+    /// no-persistence ones when set).
+    settings: Vec<String>,
+    /// The working directory (`--dir`) of a server started with settings,
+    /// removed on drop: a restart finds its files there.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -35,6 +43,8 @@ impl RedisServer {
                 url,
                 child: None,
                 port: 0,
+                settings: Vec::new(),
+                dir: None,
             },
             _ => RedisServer::start(),
         }
@@ -43,15 +53,31 @@ impl RedisServer {
     /// Starts a private `redis-server` on a free port, for tests that stop it
     /// or count every command it runs.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a private `redis-server` with `settings` (for example
+    /// `["--appendonly", "yes", "--appendfsync", "always"]`) in a fresh
+    /// directory of its own.
+    pub fn start_with(settings: &[&str]) -> RedisServer {
         let mut last_error = String::new();
         // The port is free when probed but could be taken before the server
         // binds it; try a few.
         for _ in 0..5 {
             let port = free_port();
+            let dir = (!settings.is_empty()).then(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("tower-reissue-redis-{}-{port}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).expect("create the redis directory");
+                dir
+            });
             let mut server = RedisServer {
                 url: format!("redis://127.0.0.1:{port}/"),
                 child: None,
                 port,
+                settings: settings.iter().map(|s| s.to_string()).collect(),
+                dir,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -79,7 +105,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port: empty, or with what its
+    /// persistence settings kept in its directory.
     pub fn restart(&mut self) {
         assert!(self.port != 0, "cannot restart the server at REDIS_URL");
         self.stop();
@@ -92,10 +119,19 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"]);
+        match &self.dir {
+            Some(dir) => command
+                .arg("--dir")
+                .arg(dir)
+                .args(["--save", ""])
+                .args(&self.settings),
+            None => command.args(["--save", "", "--appendonly", "no"]),
+        };
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -123,6 +159,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -15,10 +15,28 @@ use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordK
 ///
 /// It holds at most [`max_records`](Self::with_max_records) records (default
 /// 10 000). To make room for a new claim it drops records that are no longer
-/// live, then the oldest completed ones; it never drops a live in-flight
-/// record, and fails the claim with [`StoreError::Full`] if that is all it
-/// holds. Completed records keep their body (up to the layer's `max_body`),
-/// so memory use is bounded by `max_records * max_body` plus headers.
+/// live, then the oldest completed record of the principal holding the most
+/// records; it never drops a live in-flight record, and fails the claim with
+/// [`StoreError::Full`] if that is all it holds. Completed records keep their
+/// body (up to the layer's `max_body`), so memory use is bounded by
+/// `max_records * max_body` plus headers.
+///
+/// # Quotas
+///
+/// One principal must not crowd the others out (a client sending fresh keys
+/// in a loop would otherwise evict everyone's results, and their retries
+/// would run again). So each principal may hold at most
+/// [`max_in_flight_per_principal`](Self::max_in_flight_per_principal)
+/// claims in flight (default 100) and
+/// [`max_records_per_principal`](Self::max_records_per_principal) live
+/// records in all (default 1 000). A claim over either quota fails with
+/// [`StoreError::QuotaExceeded`] and changes nothing: the layer answers
+/// `429` with `Retry-After` (`quota-exceeded`), and no record of anyone is
+/// dropped for it. Quotas apply to the clients of
+/// [`IdempotencyLayer`](crate::IdempotencyLayer), not to
+/// [`Once`](crate::Once) scopes, which hold what a program's own jobs need. The quotas do not scale with
+/// [`with_max_records`](Self::with_max_records); set them to `usize::MAX` to
+/// turn them off.
 ///
 /// Time comes from [`tokio::time::Instant`], so leases and TTLs follow tokio's
 /// paused clock in tests.
@@ -44,15 +62,30 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct State {
     max_records: usize,
+    max_in_flight_per_principal: usize,
+    max_records_per_principal: usize,
+    // What each principal holds, for its quotas and for choosing whose
+    // record to drop when the store is full.
+    principals: HashMap<String, Usage>,
     next_token: u64,
     next_seq: u64,
     records: HashMap<RecordKey, Record>,
     // Every record by the instant it stops being live: expired records are
     // found without a scan.
     by_expiry: BTreeMap<(Instant, u64), RecordKey>,
-    // Completed records, oldest completion first: the eviction order once
-    // nothing has expired.
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    in_flight: usize,
+    // The principal's completed records, oldest completion first.
     completed: BTreeMap<u64, RecordKey>,
+}
+
+impl Usage {
+    fn records(&self) -> usize {
+        self.in_flight + self.completed.len()
+    }
 }
 
 #[derive(Debug)]
@@ -77,6 +110,11 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     const DEFAULT_MAX_RECORDS: usize = 10_000;
+    const DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL: usize = 100;
+    const DEFAULT_MAX_RECORDS_PER_PRINCIPAL: usize = 1_000;
+    /// How long a principal over its in-flight quota is asked to wait: about
+    /// how long a request takes, not knowing the handlers.
+    const IN_FLIGHT_QUOTA_RETRY_AFTER: Duration = Duration::from_secs(1);
 
     /// A store holding at most 10 000 records.
     ///
@@ -98,11 +136,13 @@ impl MemoryStore {
         Self {
             state: Arc::new(Mutex::new(State {
                 max_records: max_records.max(1),
+                max_in_flight_per_principal: Self::DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL,
+                max_records_per_principal: Self::DEFAULT_MAX_RECORDS_PER_PRINCIPAL,
+                principals: HashMap::new(),
                 next_token: 1,
                 next_seq: 0,
                 records: HashMap::new(),
                 by_expiry: BTreeMap::new(),
-                completed: BTreeMap::new(),
             })),
         }
     }
@@ -110,6 +150,29 @@ impl MemoryStore {
     /// The most records this store holds at once.
     pub fn max_records(&self) -> usize {
         self.lock().max_records
+    }
+
+    /// How many claims one principal may hold in flight at once (default
+    /// 100, at least one); see [quotas](Self#quotas).
+    ///
+    /// ```
+    /// let store = tower_reissue::MemoryStore::new().max_in_flight_per_principal(20);
+    /// ```
+    pub fn max_in_flight_per_principal(self, max: usize) -> Self {
+        self.lock().max_in_flight_per_principal = max.max(1);
+        self
+    }
+
+    /// How many live records, in flight or completed, one principal may hold
+    /// (default 1 000, at least one); see [quotas](Self#quotas).
+    ///
+    /// ```
+    /// let store = tower_reissue::MemoryStore::with_max_records(100_000)
+    ///     .max_records_per_principal(10_000);
+    /// ```
+    pub fn max_records_per_principal(self, max: usize) -> Self {
+        self.lock().max_records_per_principal = max.max(1);
+        self
     }
 
     /// How many records the store holds, including expired ones it has not
@@ -143,29 +206,75 @@ impl State {
     }
 
     fn remove(&mut self, key: &RecordKey) {
-        if let Some(record) = self.records.remove(key) {
-            self.by_expiry.remove(&(record.expires_at, record.seq));
-            if matches!(record.state, RecordState::Completed(_)) {
-                self.completed.remove(&record.seq);
+        let Some(record) = self.records.remove(key) else {
+            return;
+        };
+        self.by_expiry.remove(&(record.expires_at, record.seq));
+        let completed = matches!(record.state, RecordState::Completed(_));
+        if let Some(usage) = self.principals.get_mut(key.principal()) {
+            if completed {
+                usage.completed.remove(&record.seq);
+            } else {
+                usage.in_flight -= 1;
+            }
+            if usage.records() == 0 {
+                self.principals.remove(key.principal());
             }
         }
     }
 
-    fn make_room(&mut self, now: Instant) -> Result<(), StoreError> {
-        while self.records.len() >= self.max_records {
-            let expired = self
-                .by_expiry
+    /// Drops every record that is no longer live, so that quotas count only
+    /// live ones. Each record is dropped once, so this costs little over
+    /// time.
+    fn drop_expired(&mut self, now: Instant) {
+        while let Some(((expires_at, _), key)) = self.by_expiry.first_key_value() {
+            if *expires_at > now {
+                break;
+            }
+            let key = key.clone();
+            self.remove(&key);
+        }
+    }
+
+    /// Refuses a new claim of `principal` over its quotas.
+    fn check_quota(&self, principal: &str, now: Instant) -> Result<(), StoreError> {
+        let Some(usage) = self.principals.get(principal) else {
+            return Ok(());
+        };
+        if usage.in_flight >= self.max_in_flight_per_principal {
+            return Err(StoreError::QuotaExceeded {
+                retry_after: MemoryStore::IN_FLIGHT_QUOTA_RETRY_AFTER,
+            });
+        }
+        if usage.records() >= self.max_records_per_principal {
+            // Room comes back when the principal's oldest result expires.
+            let retry_after = usage
+                .completed
                 .first_key_value()
-                .filter(|((expires_at, _), _)| *expires_at <= now)
+                .and_then(|(_, key)| self.records.get(key))
+                .map_or(MemoryStore::IN_FLIGHT_QUOTA_RETRY_AFTER, |oldest| {
+                    oldest.expires_at.saturating_duration_since(now)
+                });
+            return Err(StoreError::QuotaExceeded { retry_after });
+        }
+        Ok(())
+    }
+
+    fn make_room(&mut self) -> Result<(), StoreError> {
+        while self.records.len() >= self.max_records {
+            // Expired records are already gone: take a completed one from
+            // whoever holds the most, so the heaviest user pays first.
+            let victim = self
+                .principals
+                .values()
+                .filter(|usage| !usage.completed.is_empty())
+                .max_by_key(|usage| usage.records())
+                .and_then(|usage| usage.completed.first_key_value())
                 .map(|(_, key)| key.clone());
-            let victim = match expired {
-                Some(key) => key,
-                None => match self.completed.first_key_value() {
-                    Some((_, key)) => key.clone(),
-                    None => return Err(StoreError::Full),
-                },
-            };
-            self.remove(&victim);
+            match victim {
+                Some(key) => self.remove(&key),
+                None => return Err(StoreError::Full),
+            }
         }
         Ok(())
     }
@@ -190,7 +299,11 @@ impl State {
             }
             self.remove(key);
         }
-        self.make_room(now)?;
+        self.drop_expired(now);
+        if key.is_client() {
+            self.check_quota(key.principal(), now)?;
+        }
+        self.make_room()?;
         let token = FencingToken::new(self.next_token);
         self.next_token += 1;
         let seq = self.next_seq();
@@ -207,6 +320,10 @@ impl State {
                 state: RecordState::InFlight(token),
             },
         );
+        self.principals
+            .entry(key.principal().to_owned())
+            .or_default()
+            .in_flight += 1;
         Ok(Claim::Acquired(token))
     }
 
@@ -234,7 +351,10 @@ impl State {
         record.expires_at = expires_at;
         if let Some(outcome) = completed {
             record.state = RecordState::Completed(outcome);
-            self.completed.insert(seq, key.clone());
+            if let Some(usage) = self.principals.get_mut(key.principal()) {
+                usage.in_flight -= 1;
+                usage.completed.insert(seq, key.clone());
+            }
         }
         self.by_expiry.insert((expires_at, seq), key.clone());
     }

@@ -28,6 +28,10 @@ mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
+#[cfg(all(fuzzing, feature = "redis"))]
+pub(crate) use self::redis::parse_claim as parse_redis_claim;
+#[cfg(feature = "redis")]
+pub(crate) use self::redis::{connect_manager, within};
 pub use memory::MemoryStore;
 
 use std::error::Error as StdError;
@@ -80,7 +84,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 ///   the claim with [`StoreError::Full`]; it must never drop a live in-flight
 ///   record to make room (that would allow a second execution), but it may
 ///   drop completed records early, and it should drop records that are no
-///   longer live first.
+///   longer live first. It may bound what one principal holds, failing that
+///   principal's claims with [`StoreError::QuotaExceeded`] rather than
+///   dropping anyone else's records.
 ///
 /// The futures must be `Send` so the layer can be used on a multi-threaded
 /// runtime; writing the methods as `async fn` in the `impl` works.
@@ -208,10 +214,39 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
 /// assert_eq!(key.principal(), "3f2a");
 /// assert_eq!(key.key(), "order-17");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug)]
 pub struct RecordKey {
     principal: String,
     key: String,
+    // Whether the principal is a client, subject to a store's quotas (see
+    // `MemoryStore`); a `Once` scope is not. Not part of the identity.
+    client: bool,
+}
+
+impl PartialEq for RecordKey {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.principal, &self.key) == (&other.principal, &other.key)
+    }
+}
+
+impl Eq for RecordKey {}
+
+impl std::hash::Hash for RecordKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.principal, &self.key).hash(state);
+    }
+}
+
+impl PartialOrd for RecordKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RecordKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.principal, &self.key).cmp(&(&other.principal, &other.key))
+    }
 }
 
 impl RecordKey {
@@ -220,7 +255,31 @@ impl RecordKey {
         Self {
             principal: principal.into(),
             key: key.into(),
+            client: false,
         }
+    }
+
+    /// The key of a request from a client, whose principal a store may hold
+    /// to quotas.
+    pub(crate) fn of_client(principal: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            client: true,
+            ..Self::new(principal, key)
+        }
+    }
+
+    /// Whether a store's per-principal quotas apply: true for the requests
+    /// [`IdempotencyLayer`](super::IdempotencyLayer) claims, false for
+    /// [`Once`](crate::once::Once) runs and keys made with
+    /// [`new`](Self::new).
+    ///
+    /// ```
+    /// use tower_reissue::idempotency::store::RecordKey;
+    ///
+    /// assert!(!RecordKey::new("welcome-email", "user-17").is_client());
+    /// ```
+    pub fn is_client(&self) -> bool {
+        self.client
     }
 
     /// The principal the record belongs to (see
@@ -519,6 +578,12 @@ pub enum StoreError {
     LeaseLost,
     /// The store is at its size limit and holds only live in-flight records.
     Full,
+    /// The claim's principal holds as many records as its quota allows (see
+    /// [`MemoryStore`'s quotas](MemoryStore#quotas)); nothing was changed.
+    QuotaExceeded {
+        /// When the principal may expect room again.
+        retry_after: Duration,
+    },
     /// The store could not be reached or did not answer; the operation's effect
     /// is unknown.
     Unavailable(Box<dyn StdError + Send + Sync>),
@@ -548,6 +613,10 @@ impl fmt::Display for StoreError {
                 f.write_str("idempotency claim lost: lease expired or taken over")
             }
             StoreError::Full => f.write_str("idempotency store full of in-flight records"),
+            StoreError::QuotaExceeded { retry_after } => write!(
+                f,
+                "idempotency quota of this principal exceeded; room again in {retry_after:?}"
+            ),
             StoreError::Unavailable(_) => f.write_str("idempotency store unavailable"),
             StoreError::Corrupt(what) => {
                 write!(f, "idempotency store returned corrupt data: {what}")

@@ -117,8 +117,20 @@ static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE))
 /// Exactly-once rests on Redis keeping in-flight records until their lease
 /// ends: run it with `maxmemory-policy` `noeviction` (the default) or a
 /// `volatile-*` policy with room to spare, since an evicted claim lets a
-/// duplicate run. Redis replication is asynchronous, so a failover can lose
-/// the most recent claims and completions.
+/// duplicate run.
+///
+/// What survives Redis itself going away depends on its persistence:
+///
+/// | Redis setting | a restart or crash loses |
+/// |---|---|
+/// | no persistence (`--save ""`, `--appendonly no`) | every record: each key whose request already ran can run again |
+/// | `--appendonly yes --appendfsync everysec` (the usual) | up to the last second of claims and completions, so a request that ran in that second can run again |
+/// | `--appendonly yes --appendfsync always` | nothing that was acknowledged: a restart from the same directory keeps every claim and result (each write costs an fsync) |
+/// | a replica, with [`wait_for_replicas`](Self::wait_for_replicas) | after a failover to the replica, nothing that the replicas acknowledged; without it, replication is asynchronous and the most recent claims and completions can be lost |
+///
+/// A lost claim or result lets a retry run the request again: pick
+/// `always` or a replica with `wait_for_replicas` where a second run is
+/// costly.
 ///
 /// # Example
 ///
@@ -159,6 +171,7 @@ pub struct RedisStore<C = ConnectionManager> {
     connection: C,
     prefix: Arc<str>,
     timeout: Duration,
+    replicas: Option<(u32, Duration)>,
 }
 
 impl RedisStore {
@@ -172,15 +185,7 @@ impl RedisStore {
     /// Fails if the URL is invalid (or needs a TLS feature that is not
     /// enabled) or if Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        // Requests from many handlers share one connection; without
-        // TCP_NODELAY a command written while another awaits its reply can
-        // sit in the kernel waiting for an ACK.
-        let info = url
-            .into_connection_info()?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info)?;
-        let manager = ConnectionManager::new_with_config(client, Self::manager_config()).await?;
-        Ok(Self::from_connection(manager))
+        Ok(Self::from_connection(connect_manager(url).await?))
     }
 
     /// The [`ConnectionManager`] settings [`connect`](Self::connect) uses.
@@ -206,6 +211,36 @@ impl RedisStore {
     }
 }
 
+/// The answer of one Redis call, or why there is none: its error, or that
+/// it took longer than `timeout` (its effect is then unknown).
+pub(crate) async fn within(
+    timeout: Duration,
+    call: impl Future<Output = Result<Value, RedisError>>,
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("redis did not answer within {timeout:?}"),
+        )
+        .into()),
+    }
+}
+
+/// A [`ConnectionManager`] to `url` with [`RedisStore::manager_config`] and
+/// `TCP_NODELAY`, as every Redis-backed part of the crate connects.
+pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, RedisError> {
+    // Requests from many handlers share one connection; without
+    // TCP_NODELAY a command written while another awaits its reply can
+    // sit in the kernel waiting for an ACK.
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = Client::open(info)?;
+    ConnectionManager::new_with_config(client, RedisStore::manager_config()).await
+}
+
 impl<C> RedisStore<C> {
     /// A store sending its commands over `connection`, with the prefix
     /// `idempotency` and a 2 s timeout per operation.
@@ -219,6 +254,7 @@ impl<C> RedisStore<C> {
             connection,
             prefix: Arc::from("idempotency"),
             timeout: RedisStore::DEFAULT_TIMEOUT,
+            replicas: None,
         }
     }
 
@@ -249,6 +285,29 @@ impl<C> RedisStore<C> {
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Waits, after storing a result, until `replicas` replicas have it or
+    /// `timeout` passes (`WAIT replicas timeout`), so that a failover to a
+    /// replica does not lose an acknowledged completion.
+    ///
+    /// The `WAIT` is a second round trip on each completion. If fewer
+    /// replicas acknowledge in time, the completion still stands on the
+    /// primary (Redis cannot take a write back); the shortfall is logged.
+    /// Claims are not waited for: a claim lost in a failover lets a
+    /// duplicate that arrives meanwhile run, which only a synchronous store
+    /// prevents.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_reissue::RedisStore;
+    /// # fn with(store: RedisStore) -> RedisStore {
+    /// store.wait_for_replicas(1, Duration::from_millis(500))
+    /// # }
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
         self
     }
 
@@ -285,6 +344,7 @@ impl<C> fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -298,14 +358,9 @@ where
     where
         F: Future<Output = Result<Value, RedisError>>,
     {
-        match tokio::time::timeout(self.timeout, invoke(self.connection.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(StoreError::unavailable(err)),
-            Err(_) => Err(StoreError::unavailable(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("redis did not answer within {:?}", self.timeout),
-            ))),
-        }
+        within(self.timeout, invoke(self.connection.clone()))
+            .await
+            .map_err(StoreError::unavailable)
     }
 
     /// Runs one of the token-checking scripts and maps its 0/1 answer.
@@ -370,7 +425,11 @@ where
         let outcome = outcome.to_bytes();
         let ttl = millis(ttl).to_string();
         self.fenced(&COMPLETE_SCRIPT, key, token, &[&outcome, ttl.as_bytes()])
-            .await
+            .await?;
+        if let Some((replicas, timeout)) = self.replicas {
+            self.wait_for(key, replicas, timeout).await?;
+        }
+        Ok(())
     }
 
     async fn renew(
@@ -389,6 +448,44 @@ where
     }
 }
 
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// `WAIT`s for the writes sent so far on this store's connection (the
+    /// completion among them) to reach `replicas` replicas.
+    async fn wait_for(
+        &self,
+        key: &RecordKey,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let mut command = ::redis::cmd("WAIT");
+        command.arg(replicas).arg(millis(timeout));
+        let wait = command.query_async::<i64>(&mut connection);
+        let acknowledged = match tokio::time::timeout(self.timeout + timeout, wait).await {
+            Ok(Ok(acknowledged)) => acknowledged,
+            Ok(Err(err)) => return Err(StoreError::unavailable(err)),
+            Err(_) => {
+                return Err(StoreError::unavailable(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "redis did not answer WAIT in time",
+                )));
+            }
+        };
+        if acknowledged < i64::from(replicas) {
+            tracing::warn!(
+                key = key.key(),
+                acknowledged,
+                replicas,
+                "idempotent result stored on the Redis primary but not on enough replicas in time: a failover now could lose it"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A duration in whole milliseconds for `PEXPIRE`: rounded up so a lease is
 /// never shorter than asked, at least 1 (Redis rejects 0), and capped far
 /// below the point where Redis would reject the expiry as out of range.
@@ -398,7 +495,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(millis).unwrap_or(MAX).clamp(1, MAX)
 }
 
-fn parse_claim(value: Value) -> Result<Claim, StoreError> {
+pub(crate) fn parse_claim(value: Value) -> Result<Claim, StoreError> {
     let Value::Array(items) = value else {
         return Err(unexpected(&value));
     };
