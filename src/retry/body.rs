@@ -79,6 +79,9 @@ impl<B> State<B> {
     }
 }
 
+/// A frame read from a copy, or why reading it failed.
+type ReadFrame<E> = Poll<Option<Result<Frame<Bytes>, ReadError<E>>>>;
+
 /// Why reading a copy failed: the original body's own error, or the rest
 /// of it is still held by another copy.
 enum ReadError<E> {
@@ -167,10 +170,7 @@ impl<B: Body> ReplayBody<B> {
 
     /// `poll_frame` without the error conversion, so that a body whose
     /// error is not a `BoxError` can still be read for a dead letter.
-    fn poll_inner(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ReadError<B::Error>>>> {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> ReadFrame<B::Error> {
         let this = self;
         let Some(shared) = &this.shared else {
             return Poll::Ready(None);
