@@ -73,6 +73,10 @@ struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// After the run, serve the dead-letter admin page on this address (for
+    /// example 127.0.0.1:8080) until Ctrl-C; needs `--features admin`.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 // ---------------------------------------------------------------------------
@@ -725,5 +729,35 @@ async fn main() -> Result<(), BoxError> {
         svg_chart(&series, args.duration, args.incident_failure_rate),
     )?;
     println!("\nChart of attempts per second: {}", args.svg.display());
+    if let Some(addr) = args.admin {
+        serve_admin(queue, addr).await?;
+    }
     Ok(())
+}
+
+/// Serves the admin page over the incident's dead letters until Ctrl-C.
+#[cfg(feature = "admin")]
+async fn serve_admin(queue: SqliteQueue, addr: std::net::SocketAddr) -> Result<(), BoxError> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let replayer = Replayer::new(queue.clone(), client);
+    let app = axum::Router::new().nest(
+        "/dead-letters",
+        tower_reissue::dead_letter::admin::router(queue, replayer),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "Dead-letter admin page: http://{}/dead-letters/ (Ctrl-C to stop)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "admin"))]
+async fn serve_admin(_: SqliteQueue, _: std::net::SocketAddr) -> Result<(), BoxError> {
+    Err("--admin needs the admin page: run with `--features admin`".into())
 }
