@@ -2,7 +2,7 @@
 //! each page through the router (HTML and JSON), against the bare
 //! `SqliteQueue::page` call it is built on, same run.
 //!
-//! The file is filled once (with the queue's own `push`) and kept under
+//! The file is filled once (with the queue's own `push_all`) and kept under
 //! `target/` for later runs.
 
 mod common;
@@ -52,9 +52,10 @@ fn request(n: u64) -> FailedRequest {
 async fn filled_queue() -> SqliteQueue {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-admin-100k.sqlite");
     let queue = SqliteQueue::open(&path).await.unwrap();
-    let have = queue.counts().await.unwrap().total();
-    for n in have..ENTRIES {
-        queue.push(request(n)).await.unwrap();
+    let mut have = queue.counts().await.unwrap().total();
+    while have < ENTRIES {
+        let batch = (have..ENTRIES.min(have + 10_000)).map(request).collect();
+        have += queue.push_all(batch).await.unwrap().len() as u64;
     }
     queue
 }

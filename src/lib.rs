@@ -14,6 +14,10 @@
 //!   the request's `Idempotency-Key` and replays it, rejects concurrent
 //!   duplicates (409) and a key reused for another payload (422), with a
 //!   pluggable [`IdempotencyStore`] ([`MemoryStore`] by default).
+//! - [`dead_letter`]: what the retry layer gives up on, parked with its body
+//!   and key in a [`DeadLetterQueue`](dead_letter::DeadLetterQueue)
+//!   (in memory, or SQLite with the `sqlite` feature) and sent again later
+//!   by a [`Replayer`](dead_letter::Replayer).
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`

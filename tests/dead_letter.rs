@@ -592,3 +592,54 @@ async fn old_entries_are_discarded_unsent_and_finished_ones_purged() {
         "discarded, but within retention"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_keyless_request_that_may_have_taken_effect_is_replayed_only_on_request() {
+    let server = TestServer::always(201).await;
+    let queue = MemoryQueue::new();
+    let mut maybe_done = pending_request(&server.url("/emails"), 1);
+    maybe_done.idempotency_key = None;
+    maybe_done.reason = "not_safe".into();
+    let maybe_done = queue.push(maybe_done).await.unwrap();
+    // Refused by the budget after attempts that never reached the server.
+    let mut never_sent = pending_request(&server.url("/emails"), 2);
+    never_sent.idempotency_key = None;
+    let never_sent = queue.push(never_sent).await.unwrap();
+
+    let report = Replayer::new(queue.clone(), common::client::<Full<Bytes>>())
+        .drain(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.not_replayable), (1, 1));
+    assert_eq!(server.count(), 1);
+    assert_eq!(server.seen()[0].body, "n=2");
+    assert!(matches!(
+        queue.get(never_sent).await.unwrap().unwrap().state,
+        DeadLetterState::Replayed { .. }
+    ));
+    let held = queue.get(maybe_done).await.unwrap().unwrap();
+    assert!(matches!(held.state, DeadLetterState::FailedAgain { .. }));
+    let AttemptOutcome::Error(why) = &held.history[0].outcome else {
+        panic!("{held:?}");
+    };
+    assert!(why.contains("no idempotency key"), "{why}");
+
+    // Once a person has checked, a replayer run by hand sends it.
+    let lease = queue.lease(1, Duration::from_secs(1)).await.unwrap();
+    assert!(lease.is_empty(), "held back until a person acts");
+    let mut checked = held.request.clone();
+    checked.at = SystemTime::now();
+    queue.discard(maybe_done).await.unwrap();
+    let again = queue.push(checked).await.unwrap();
+    let report = Replayer::new(queue.clone(), common::client::<Full<Bytes>>())
+        .replay_unkeyed(true)
+        .drain(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1);
+    assert_eq!(server.count(), 2);
+    assert!(matches!(
+        queue.get(again).await.unwrap().unwrap().state,
+        DeadLetterState::Replayed { .. }
+    ));
+}

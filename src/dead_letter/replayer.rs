@@ -46,8 +46,10 @@ pub struct ReplayOf(pub DeadLetterId);
 /// another replayer takes it.
 ///
 /// An entry whose body was not kept is never sent (an empty body would be
-/// another request): it is failed with the reason and left for a person to
-/// discard. An entry given up on longer ago than [`max_age`](Self::max_age)
+/// another request), nor, unless [`replay_unkeyed`](Self::replay_unkeyed),
+/// one that may already have taken effect and has no idempotency key (a
+/// keyless POST given up on as `not_safe`): either is failed with the reason
+/// and left for a person. An entry given up on longer ago than [`max_age`](Self::max_age)
 /// is discarded rather than sent late.
 ///
 /// ```
@@ -84,6 +86,7 @@ pub struct Replayer<Q, S, C = DefaultClassifier> {
     max_age: Option<Duration>,
     retention: Option<Duration>,
     idle: Duration,
+    replay_unkeyed: bool,
 }
 
 /// What one [`Replayer::drain`] did.
@@ -94,7 +97,8 @@ pub struct DrainReport {
     pub replayed: u64,
     /// Entries sent whose replay failed (back in the queue).
     pub failed: u64,
-    /// Entries whose body was not kept, so never sent.
+    /// Entries never sent: their body was not kept, or they may have taken
+    /// effect and carry no idempotency key.
     pub not_replayable: u64,
     /// Entries discarded for being older than `max_age`.
     pub expired: u64,
@@ -125,6 +129,7 @@ impl<Q, S> Replayer<Q, S> {
             max_age: None,
             retention: None,
             idle: Duration::from_secs(5),
+            replay_unkeyed: false,
         }
     }
 }
@@ -144,6 +149,7 @@ impl<Q, S, C> Replayer<Q, S, C> {
             max_age: self.max_age,
             retention: self.retention,
             idle: self.idle,
+            replay_unkeyed: self.replay_unkeyed,
         }
     }
 
@@ -185,6 +191,15 @@ impl<Q, S, C> Replayer<Q, S, C> {
     /// `retention`, at the start of each drain.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
+        self
+    }
+
+    /// Also sends the entries that may have taken effect and carry no
+    /// idempotency key (given up on as `not_safe`, `disabled` or
+    /// `unreconciled`): for a replayer run by hand, once a person or a
+    /// reconciler has checked that they did not take effect.
+    pub fn replay_unkeyed(mut self, replay: bool) -> Self {
+        self.replay_unkeyed = replay;
         self
     }
 
@@ -296,7 +311,9 @@ where
     /// [`drain`](Self::drain) (a person asked for it; failed entries do not
     /// wait for their retry time), and returns the entry as it stands
     /// afterwards: replayed, failed again with the failure in its history,
-    /// or discarded by [`max_age`](Self::max_age). `None` when the entry is
+    /// discarded by [`max_age`](Self::max_age), or held back unsent for the
+    /// same reasons as in a drain (body not kept; keyless, see
+    /// [`replay_unkeyed`](Self::replay_unkeyed)). `None` when the entry is
     /// finished or held by another replayer's lease.
     pub async fn replay_one(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, QueueError> {
         let Some(lease) = self.queue.lease_one(id, self.lease).await? else {
@@ -331,10 +348,15 @@ where
             });
         }
         let why = match &request.body {
-            super::KeptBody::Kept(_) => return None,
-            super::KeptBody::NotKept(why) => why,
+            super::KeptBody::NotKept(why) => format!("not replayable: {why}"),
+            super::KeptBody::Kept(_) if self.replay_unkeyed || !may_repeat_an_effect(request) => {
+                return None;
+            }
+            super::KeptBody::Kept(_) => "not replayed: it may have taken effect and has no \
+                 idempotency key, so a replay could run it twice"
+                .to_owned(),
         };
-        let outcome = AttemptOutcome::Error(format!("not replayable: {why}"));
+        let outcome = AttemptOutcome::Error(why);
         Some(
             match self.queue.fail(id, lease.token, outcome, NEVER).await {
                 Ok(()) => Settled::NotReplayable,
@@ -342,6 +364,22 @@ where
             },
         )
     }
+}
+
+/// Whether sending `request` again could run it twice: it is not
+/// idempotent, has no key, and the layer gave up because it may have been
+/// processed (`not_safe`, or an unknown reconciliation) or without checking
+/// (`disabled`). Any other give-up of such a request comes after attempts
+/// that provably never reached the server, or the layer would have stopped
+/// at the first with `not_safe`.
+fn may_repeat_an_effect(request: &super::FailedRequest) -> bool {
+    let view = RequestView::new(&request.method, &request.uri, &request.headers);
+    request.idempotency_key.is_none()
+        && !view.is_idempotent_method()
+        && matches!(
+            request.reason.as_str(),
+            "not_safe" | "disabled" | "unreconciled"
+        )
 }
 
 /// How one entry was settled.

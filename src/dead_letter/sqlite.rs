@@ -342,46 +342,96 @@ fn finish_lease(
     Ok(())
 }
 
-impl DeadLetterQueue for SqliteQueue {
-    async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
+fn insert(conn: &Connection, request: &FailedRequest) -> Result<DeadLetterId, QueueError> {
+    let (body, not_kept) = match &request.body {
+        KeptBody::Kept(bytes) => (Some(bytes.as_ref()), None),
+        KeptBody::NotKept(why) => (None, Some(why.as_str())),
+    };
+    let (last_status, last_error) = match &request.last {
+        AttemptOutcome::Status(status) => (Some(status.as_u16()), None),
+        AttemptOutcome::Error(text) => (None, Some(text.as_str())),
+    };
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO dead_letters (at_ms, method, uri, host, headers, body, \
+             body_not_kept, idempotency_key, reason, attempts, last_status, last_error, \
+             state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+        )
+        .map_err(unavailable)?;
+    statement
+        .execute(params![
+            to_millis(request.at),
+            request.method.as_str(),
+            request.uri.to_string(),
+            request.host(),
+            encode_headers(&request.headers).as_ref(),
+            body,
+            not_kept,
+            request.idempotency_key,
+            request.reason,
+            request.attempts,
+            last_status,
+            last_error,
+        ])
+        .map_err(unavailable)?;
+    let id = conn.last_insert_rowid();
+    Ok(DeadLetterId::new(
+        u64::try_from(id).map_err(|_| corrupt("negative id"))?,
+    ))
+}
+
+impl SqliteQueue {
+    /// Pushes many requests in one transaction (one write to disk instead of
+    /// one per request), for imports: all are stored, or none is.
+    ///
+    /// ```
+    /// # use std::time::SystemTime;
+    /// # use http::{HeaderMap, Method, StatusCode};
+    /// # use tower_reissue::dead_letter::{AttemptOutcome, DeadLetterQueue, FailedRequest, KeptBody, SqliteQueue};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let dir = std::env::temp_dir().join(format!("reissue-doc-all-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let queue = SqliteQueue::open(dir.join("import.sqlite")).await?;
+    /// let request = FailedRequest {
+    ///     at: SystemTime::now(),
+    ///     method: Method::POST,
+    ///     uri: "http://api.example/emails".parse().unwrap(),
+    ///     headers: HeaderMap::new(),
+    ///     body: KeptBody::Kept("{}".into()),
+    ///     idempotency_key: None,
+    ///     reason: "not_safe".into(),
+    ///     attempts: 1,
+    ///     last: AttemptOutcome::Status(StatusCode::INTERNAL_SERVER_ERROR),
+    /// };
+    /// let ids = queue.push_all(vec![request.clone(), request]).await?;
+    /// assert_eq!(ids.len(), 2);
+    /// assert_eq!(queue.counts().await?.total(), 2);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<_, tower_reissue::dead_letter::QueueError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn push_all(
+        &self,
+        requests: Vec<FailedRequest>,
+    ) -> Result<Vec<DeadLetterId>, QueueError> {
         self.run(move |conn| {
-            let (body, not_kept) = match &request.body {
-                KeptBody::Kept(bytes) => (Some(bytes.as_ref()), None),
-                KeptBody::NotKept(why) => (None, Some(why.as_str())),
-            };
-            let (last_status, last_error) = match &request.last {
-                AttemptOutcome::Status(status) => (Some(status.as_u16()), None),
-                AttemptOutcome::Error(text) => (None, Some(text.as_str())),
-            };
-            let mut statement = conn
-                .prepare_cached(
-                    "INSERT INTO dead_letters (at_ms, method, uri, host, headers, body, \
-                     body_not_kept, idempotency_key, reason, attempts, last_status, last_error, \
-                     state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
-                )
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
-            statement
-                .execute(params![
-                    to_millis(request.at),
-                    request.method.as_str(),
-                    request.uri.to_string(),
-                    request.host(),
-                    encode_headers(&request.headers).as_ref(),
-                    body,
-                    not_kept,
-                    request.idempotency_key,
-                    request.reason,
-                    request.attempts,
-                    last_status,
-                    last_error,
-                ])
-                .map_err(unavailable)?;
-            let id = conn.last_insert_rowid();
-            Ok(DeadLetterId::new(
-                u64::try_from(id).map_err(|_| corrupt("negative id"))?,
-            ))
+            let ids = requests
+                .iter()
+                .map(|request| insert(&tx, request))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().map_err(unavailable)?;
+            Ok(ids)
         })
         .await
+    }
+}
+
+impl DeadLetterQueue for SqliteQueue {
+    async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
+        self.run(move |conn| insert(conn, &request)).await
     }
 
     async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {

@@ -29,7 +29,7 @@ fn layout(prefix: &str, title: &str, body: Markup) -> Markup {
                 style { (STYLE) }
             }
             body {
-                p { a href=(home(&prefix)) { "Dead letters" } }
+                p { a href=(home(prefix)) { "Dead letters" } }
                 (body)
             }
         }
@@ -260,7 +260,7 @@ fn outcome_page(prefix: &str, done: &[Done]) -> Response {
             }
         }
         @if done.is_empty() { p { "No entry was selected." } }
-        p { a #back href=(home(&prefix)) { "Back to the list" } }
+        p { a #back href=(home(prefix)) { "Back to the list" } }
     };
     layout(prefix, "Outcome", body).into_response()
 }

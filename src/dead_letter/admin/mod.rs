@@ -196,7 +196,7 @@ where
 /// What happened to one entry a person asked to replay or discard.
 enum Done {
     /// The entry as it stands after the action.
-    Changed(DeadLetter),
+    Changed(Box<DeadLetter>),
     /// Discarded.
     Discarded(DeadLetterId),
     /// Nothing was done; why.
@@ -206,7 +206,7 @@ enum Done {
 impl Done {
     async fn replay(backend: &dyn Backend, id: DeadLetterId) -> Done {
         match backend.replay(id).await {
-            Ok(Some(letter)) => Done::Changed(letter),
+            Ok(Some(letter)) => Done::Changed(Box::new(letter)),
             Ok(None) => Done::Refused(
                 id,
                 "not replayed: finished already, or another replayer holds it".into(),
