@@ -3,7 +3,10 @@
 //!
 //! [`router`] returns an axum [`Router`] to [`nest`](Router::nest) wherever
 //! the host application wants it; every link it renders carries the prefix
-//! it is mounted under. It serves:
+//! it is mounted under (read from the request's
+//! [`OriginalUri`](axum::extract::OriginalUri)). Nested under `/admin`, the
+//! list is at `/admin` (axum does not route `/admin/` to a nested `/`). It
+//! serves:
 //!
 //! | Path (under the prefix) | |
 //! |---|---|
@@ -67,7 +70,7 @@
 //!     admin::router(queue, replayer).layer(middleware::from_fn(operators_only)),
 //! );
 //!
-//! let anonymous = HttpRequest::get("/ops/dead-letters/").body(axum::body::Body::empty())?;
+//! let anonymous = HttpRequest::get("/ops/dead-letters").body(axum::body::Body::empty())?;
 //! assert_eq!(app.clone().oneshot(anonymous).await?.status(), StatusCode::UNAUTHORIZED);
 //! let operator = HttpRequest::get("/ops/dead-letters/api/counts")
 //!     .header(header::AUTHORIZATION, "Bearer s3cret")
