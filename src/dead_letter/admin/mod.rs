@@ -4,7 +4,7 @@
 //! [`router`] returns an axum [`Router`] to [`nest`](Router::nest) wherever
 //! the host application wants it; every link it renders carries the prefix
 //! it is mounted under (read from the request's
-//! [`OriginalUri`](axum::extract::OriginalUri)). Nested under `/admin`, the
+//! [`OriginalUri`]). Nested under `/admin`, the
 //! list is at `/admin` (axum does not route `/admin/` to a nested `/`). It
 //! serves:
 //!
