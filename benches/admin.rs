@@ -92,15 +92,15 @@ fn paging(c: &mut Criterion) {
     let app = app(queue.clone());
     let middle = ENTRIES / 2;
     let pages = [
-        ("first", "/admin/".to_owned(), PageQuery::new(50)),
+        ("first", String::new(), PageQuery::new(50)),
         (
             "middle",
-            format!("/admin/?after={middle}"),
+            format!("after={middle}"),
             PageQuery::new(50).after(DeadLetterId::new(middle)),
         ),
         (
             "host and reason",
-            format!("/admin/?host=api.pay.example&reason=budget_exhausted&after={middle}"),
+            format!("host=api.pay.example&reason=budget_exhausted&after={middle}"),
             PageQuery::new(50)
                 .host("api.pay.example")
                 .reason("budget_exhausted")
@@ -108,29 +108,22 @@ fn paging(c: &mut Criterion) {
         ),
     ];
     let mut group = c.benchmark_group("admin page of 50 over 100k SQLite entries");
-    for (name, uri, query) in &pages {
-        // Every page must answer well under the 50 ms target, not just on average.
-        let began = std::time::Instant::now();
-        let bytes = runtime.block_on(fetch(&app, uri));
-        assert!(
-            began.elapsed() < Duration::from_millis(50),
-            "{name}: {:?}",
-            began.elapsed()
-        );
-        assert!(bytes > 10_000, "{name}: a page of 50 rows");
+    for (name, params, query) in &pages {
+        let html = format!("/admin?{params}");
+        let json = format!("/admin/api/entries?limit=50&{params}");
+        for uri in [&html, &json] {
+            // Each page, cold, well under the 50 ms target.
+            let began = std::time::Instant::now();
+            let bytes = runtime.block_on(fetch(&app, uri));
+            let took = began.elapsed();
+            assert!(took < Duration::from_millis(50), "{uri}: {took:?}");
+            assert!(bytes > 10_000, "{uri}: a page of 50 entries");
+        }
         group.bench_function(format!("{name}: HTML through the router"), |b| {
-            b.to_async(&runtime).iter(|| fetch(&app, uri))
+            b.to_async(&runtime).iter(|| fetch(&app, &html))
         });
-        let api = uri
-            .replacen("/admin/", "/admin/api/entries", 1)
-            .replacen("?", "?limit=50&", 1);
-        let api = if api.contains('?') {
-            api
-        } else {
-            format!("{api}?limit=50")
-        };
         group.bench_function(format!("{name}: JSON through the router"), |b| {
-            b.to_async(&runtime).iter(|| fetch(&app, &api))
+            b.to_async(&runtime).iter(|| fetch(&app, &json))
         });
         group.bench_function(format!("{name}: SqliteQueue::page alone"), |b| {
             b.to_async(&runtime)

@@ -746,7 +746,7 @@ async fn serve_admin(queue: SqliteQueue, addr: std::net::SocketAddr) -> Result<(
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!(
-        "Dead-letter admin page: http://{}/dead-letters/ (Ctrl-C to stop)",
+        "Dead-letter admin page: http://{}/dead-letters (Ctrl-C to stop)",
         listener.local_addr()?
     );
     axum::serve(listener, app)

@@ -123,6 +123,20 @@ impl Drop for Browser {
     }
 }
 
+async fn click(client: &Client, locator: Locator<'_>) {
+    let element = client
+        .find(locator)
+        .await
+        .unwrap_or_else(|e| panic!("nothing to click at {locator:?}: {e}"));
+    element.click().await.unwrap();
+}
+
+/// Clicks the button labelled `label` in the list's row for `id`.
+async fn click_in_row(client: &Client, id: impl std::fmt::Display, label: &str) {
+    let xpath = format!("//tr[@id='entry-{id}']//button[text()='{label}']");
+    click(client, Locator::XPath(&xpath)).await;
+}
+
 /// The ids of the rows the list page shows.
 async fn rows(client: &Client) -> Vec<String> {
     let mut ids = Vec::new();
@@ -219,40 +233,20 @@ async fn an_operator_filters_replays_and_discards_in_chromium() {
         .send_keys("localhost")
         .await
         .unwrap();
-    client
-        .find(Locator::Css("#filters button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, Locator::Css("#filters button")).await;
     until_at(client, &incident.url("?state=&reason=&host=localhost")).await;
     assert_eq!(rows(client).await, [format!("entry-{barbara}")]);
 
     // "Replay" on one sends it once, and the page shows it replayed.
     client.goto(&incident.url("")).await.unwrap();
-    client
-        .find(Locator::XPath(&format!(
-            "//tr[@id='entry-{ada}']//button[text()='Replay']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_in_row(client, ada, "Replay").await;
     assert_eq!(
         text(client, &format!("#outcome-{ada} .state")).await,
         "replayed (201 Created)"
     );
     assert_eq!(incident.effects.of("k-1"), 1);
     assert_eq!(incident.effects.total(), 1, "only that one was sent");
-    client
-        .find(Locator::Css("#back"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, Locator::Css("#back")).await;
     assert_eq!(
         text(client, &format!("#entry-{ada} .state")).await,
         "replayed (201 Created)"
@@ -260,15 +254,7 @@ async fn an_operator_filters_replays_and_discards_in_chromium() {
     assert_eq!(text(client, "#count-replayed").await, "1");
 
     // "Discard" takes one out of the pending ones, without sending it.
-    client
-        .find(Locator::XPath(&format!(
-            "//tr[@id='entry-{grace}']//button[text()='Discard']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_in_row(client, grace, "Discard").await;
     assert_eq!(
         text(client, &format!("#outcome-{grace} .state")).await,
         "discarded"
@@ -319,13 +305,7 @@ async fn an_operator_filters_replays_and_discards_in_chromium() {
             .goto(&format!("http://localhost:{}/", evil.port()))
             .await
             .unwrap();
-        client
-            .find(Locator::Css(&format!("#{form} button")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(client, Locator::Css(&format!("#{form} button"))).await;
         until_at(client, &format!("http://{admin}/")).await;
         let answer = text(client, "body").await;
         assert!(
