@@ -119,6 +119,27 @@ fn give_up(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(queue.push(failed(0)).await.unwrap()) })
     });
+    // A burst, as during an outage: pushes waiting together share a commit.
+    group.bench_function("sqlite_push_burst_of_100", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let queue = queue.clone();
+            async move {
+                let began = Instant::now();
+                for _ in 0..iters {
+                    let pushes: Vec<_> = (0..100)
+                        .map(|n| {
+                            let queue = queue.clone();
+                            tokio::spawn(async move { queue.push(failed(n)).await.unwrap() })
+                        })
+                        .collect();
+                    for push in pushes {
+                        black_box(push.await.unwrap());
+                    }
+                }
+                began.elapsed()
+            }
+        })
+    });
     let memory = MemoryQueue::new();
     group.bench_function("memory_push", |b| {
         b.iter_custom(|iters| {

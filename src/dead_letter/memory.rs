@@ -256,13 +256,16 @@ impl DeadLetterQueue for MemoryQueue {
     async fn counts(&self) -> Result<Counts, QueueError> {
         let state = self.lock();
         let mut counts = Counts::default();
+        // Counted by reference: a reason is copied once, not once per entry.
+        let mut by_reason = BTreeMap::<&str, u64>::new();
         for slot in state.entries.values() {
             *counts.by_state.entry(slot.letter.state.kind()).or_default() += 1;
-            *counts
-                .by_reason
-                .entry(slot.letter.request.reason.clone())
-                .or_default() += 1;
+            *by_reason.entry(&slot.letter.request.reason).or_default() += 1;
         }
+        counts.by_reason = by_reason
+            .into_iter()
+            .map(|(reason, n)| (reason.to_owned(), n))
+            .collect();
         Ok(counts)
     }
 

@@ -89,7 +89,80 @@ pub struct SqliteQueue {
     path: PathBuf,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// Work for the queue's thread.
+enum Job {
+    /// Pushes are committed in groups: the pushes waiting together share one
+    /// transaction, so a burst of give-ups costs one write to disk, not one
+    /// each.
+    Push(Box<FailedRequest>, Reply<DeadLetterId>),
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, QueueError>>;
+
+/// The most pushes committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// Runs jobs in order until every clone of the queue is gone.
+fn serve(mut conn: Connection, inbox: mpsc::Receiver<Job>) {
+    let mut next = inbox.recv().ok();
+    while let Some(job) = next.take() {
+        match job {
+            Job::Run(job) => job(&mut conn),
+            Job::Push(request, reply) => {
+                let mut group = vec![(request, reply)];
+                while group.len() < MAX_GROUP {
+                    match inbox.try_recv() {
+                        Ok(Job::Push(request, reply)) => group.push((request, reply)),
+                        // Taken next, after the group: order is kept.
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                push_group(&mut conn, group);
+            }
+        }
+        if next.is_none() {
+            next = inbox.recv().ok();
+        }
+    }
+}
+
+/// Inserts each request of the group in one transaction. A failed insert
+/// fails only its own push (SQLite undoes just that statement); a failed
+/// commit fails them all.
+fn push_group(conn: &mut Connection, group: Vec<(Box<FailedRequest>, Reply<DeadLetterId>)>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => {
+            let error = error.to_string();
+            for (_, reply) in group {
+                let _ = reply.send(Err(QueueError::unavailable(error.clone())));
+            }
+            return;
+        }
+    };
+    let results: Vec<_> = group
+        .into_iter()
+        .map(|(request, reply)| (insert(&tx, &request), reply))
+        .collect();
+    match tx.commit() {
+        Ok(()) => {
+            for (result, reply) in results {
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            let error = error.to_string();
+            for (_, reply) in results {
+                let _ = reply.send(Err(QueueError::unavailable(error.clone())));
+            }
+        }
+    }
+}
 
 impl fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,20 +190,13 @@ impl SqliteQueue {
         let file = path.clone();
         std::thread::Builder::new()
             .name("reissue-sqlite".into())
-            .spawn(move || {
-                let mut conn = match open_connection(&file) {
-                    Ok(conn) => {
-                        let _ = opened.send(Ok(()));
-                        conn
-                    }
-                    Err(error) => {
-                        let _ = opened.send(Err(error));
-                        return;
-                    }
-                };
-                // Ends when every clone of the queue is gone.
-                for job in inbox {
-                    job(&mut conn);
+            .spawn(move || match open_connection(&file) {
+                Ok(conn) => {
+                    let _ = opened.send(Ok(()));
+                    serve(conn, inbox);
+                }
+                Err(error) => {
+                    let _ = opened.send(Err(error));
                 }
             })
             .map_err(QueueError::unavailable)?;
@@ -152,10 +218,22 @@ impl SqliteQueue {
         F: FnOnce(&mut Connection) -> Result<T, QueueError> + Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move |conn| {
+        self.send(
+            Job::Run(Box::new(move |conn| {
                 let _ = answer.send(job(conn));
-            }))
+            })),
+            answered,
+        )
+        .await
+    }
+
+    async fn send<T>(
+        &self,
+        job: Job,
+        answered: tokio::sync::oneshot::Receiver<Result<T, QueueError>>,
+    ) -> Result<T, QueueError> {
+        self.jobs
+            .send(job)
             .map_err(|_| QueueError::unavailable("the SQLite thread has stopped"))?;
         answered
             .await
@@ -455,9 +533,26 @@ impl SqliteQueue {
     }
 }
 
+/// The number of entries per value of `column` (an indexed one).
+fn count_by(conn: &Connection, column: &str) -> Result<Vec<(String, u64)>, QueueError> {
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {column}, COUNT(*) FROM dead_letters GROUP BY {column}"
+        ))
+        .map_err(unavailable)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+        })
+        .map_err(unavailable)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(unavailable)
+}
+
 impl DeadLetterQueue for SqliteQueue {
     async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
-        self.run(move |conn| insert(conn, &request)).await
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        self.send(Job::Push(Box::new(request), reply), answered)
+            .await
     }
 
     async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {
@@ -647,30 +742,10 @@ impl DeadLetterQueue for SqliteQueue {
     async fn counts(&self) -> Result<Counts, QueueError> {
         self.run(|conn| {
             let mut counts = Counts::default();
-            let mut statement = conn
-                .prepare_cached("SELECT state, COUNT(*) FROM dead_letters GROUP BY state")
-                .map_err(unavailable)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(unavailable)?;
-            for row in rows {
-                let (state, n) = row.map_err(unavailable)?;
-                counts.by_state.insert(state.parse()?, n as u64);
+            for (state, n) in count_by(conn, "state")? {
+                counts.by_state.insert(state.parse()?, n);
             }
-            let mut statement = conn
-                .prepare_cached("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason")
-                .map_err(unavailable)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(unavailable)?;
-            for row in rows {
-                let (reason, n) = row.map_err(unavailable)?;
-                counts.by_reason.insert(reason, n as u64);
-            }
+            counts.by_reason = count_by(conn, "reason")?.into_iter().collect();
             Ok(counts)
         })
         .await

@@ -65,6 +65,20 @@ struct State<B> {
     failed: bool,
 }
 
+impl<B> State<B> {
+    /// Whether the copy is still kept: the body was neither over the limit
+    /// nor failed.
+    fn copy_kept(&self, limit: usize) -> Result<(), NotReplayable> {
+        if self.over_limit {
+            return Err(NotReplayable::TooLarge { limit });
+        }
+        if self.failed {
+            return Err(NotReplayable::BodyFailed);
+        }
+        Ok(())
+    }
+}
+
 impl<B> Shared<B> {
     fn lock(&self) -> MutexGuard<'_, State<B>> {
         // A panic while holding the lock cannot leave the state half-written
@@ -126,14 +140,7 @@ impl<B: Body> ReplayBody<B> {
         };
         {
             let state = shared.lock();
-            if state.over_limit {
-                return Err(NotReplayable::TooLarge {
-                    limit: shared.limit,
-                });
-            }
-            if state.failed {
-                return Err(NotReplayable::BodyFailed);
-            }
+            state.copy_kept(shared.limit)?;
             if !state.complete && state.rest.is_none() {
                 return Err(NotReplayable::InUse);
             }
@@ -158,14 +165,7 @@ impl<B: Body> ReplayBody<B> {
             return Ok(Bytes::new());
         };
         let state = shared.lock();
-        if state.over_limit {
-            return Err(NotReplayable::TooLarge {
-                limit: shared.limit,
-            });
-        }
-        if state.failed {
-            return Err(NotReplayable::BodyFailed);
-        }
+        state.copy_kept(shared.limit)?;
         if !state.complete {
             return Err(NotReplayable::InUse);
         }

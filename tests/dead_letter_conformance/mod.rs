@@ -65,6 +65,7 @@ where
     Fut: Future<Output = Q>,
 {
     pushed_entries_come_back_exactly(&make().await).await;
+    concurrent_pushes_are_all_kept(&make().await).await;
     leases_go_lowest_id_first_in_batches(&make().await).await;
     a_live_lease_is_exclusive(&make().await).await;
     concurrent_leases_never_share_an_entry(&make().await).await;
@@ -107,6 +108,33 @@ async fn pushed_entries_come_back_exactly<Q: DeadLetterQueue>(queue: &Q) {
             .unwrap()
             .is_none()
     );
+}
+
+async fn concurrent_pushes_are_all_kept<Q: DeadLetterQueue>(queue: &Q) {
+    let tasks: Vec<_> = (0..200u32)
+        .map(|tag| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                (
+                    tag,
+                    queue
+                        .push(request("api.example", "deadline", tag))
+                        .await
+                        .unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let (tag, id) = task.await.unwrap();
+        assert!(ids.insert(id), "every push gets an id of its own");
+        assert_eq!(
+            queue.get(id).await.unwrap().unwrap().request,
+            request("api.example", "deadline", tag)
+        );
+    }
+    assert_eq!(queue.counts().await.unwrap().state(StateKind::Pending), 200);
 }
 
 async fn leases_go_lowest_id_first_in_batches<Q: DeadLetterQueue>(queue: &Q) {
