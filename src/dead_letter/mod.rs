@@ -24,16 +24,22 @@
 //!
 //! [`MemoryQueue`] keeps entries in this process (tests, or where losing them
 //! on restart is acceptable); `SqliteQueue` (feature `sqlite`) keeps them in
-//! a SQLite file, durable on one machine and inspectable with `sqlite3`.
+//! a SQLite file, durable on one machine and inspectable with `sqlite3`;
+//! `RedisQueue` (feature `redis`) is shared by every instance using one Redis.
 
 #[cfg(feature = "admin")]
 pub mod admin;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 mod replayer;
 mod sink;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisQueue;
 pub use memory::MemoryQueue;
 pub use replayer::{DrainReport, ReplayOf, Replayer};
 pub use sink::DeadLetters;

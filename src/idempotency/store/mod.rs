@@ -28,6 +28,8 @@ mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
+#[cfg(feature = "redis")]
+pub(crate) use self::redis::{connect_manager, within};
 pub use memory::MemoryStore;
 
 use std::error::Error as StdError;

@@ -172,15 +172,7 @@ impl RedisStore {
     /// Fails if the URL is invalid (or needs a TLS feature that is not
     /// enabled) or if Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
-        // Requests from many handlers share one connection; without
-        // TCP_NODELAY a command written while another awaits its reply can
-        // sit in the kernel waiting for an ACK.
-        let info = url
-            .into_connection_info()?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info)?;
-        let manager = ConnectionManager::new_with_config(client, Self::manager_config()).await?;
-        Ok(Self::from_connection(manager))
+        Ok(Self::from_connection(connect_manager(url).await?))
     }
 
     /// The [`ConnectionManager`] settings [`connect`](Self::connect) uses.
@@ -204,6 +196,36 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(Duration::from_millis(500))
     }
+}
+
+/// The answer of one Redis call, or why there is none: its error, or that
+/// it took longer than `timeout` (its effect is then unknown).
+pub(crate) async fn within(
+    timeout: Duration,
+    call: impl Future<Output = Result<Value, RedisError>>,
+) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("redis did not answer within {timeout:?}"),
+        )
+        .into()),
+    }
+}
+
+/// A [`ConnectionManager`] to `url` with [`RedisStore::manager_config`] and
+/// `TCP_NODELAY`, as every Redis-backed part of the crate connects.
+pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, RedisError> {
+    // Requests from many handlers share one connection; without
+    // TCP_NODELAY a command written while another awaits its reply can
+    // sit in the kernel waiting for an ACK.
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = Client::open(info)?;
+    ConnectionManager::new_with_config(client, RedisStore::manager_config()).await
 }
 
 impl<C> RedisStore<C> {
@@ -298,14 +320,9 @@ where
     where
         F: Future<Output = Result<Value, RedisError>>,
     {
-        match tokio::time::timeout(self.timeout, invoke(self.connection.clone())).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(StoreError::unavailable(err)),
-            Err(_) => Err(StoreError::unavailable(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("redis did not answer within {:?}", self.timeout),
-            ))),
-        }
+        within(self.timeout, invoke(self.connection.clone()))
+            .await
+            .map_err(StoreError::unavailable)
     }
 
     /// Runs one of the token-checking scripts and maps its 0/1 answer.
