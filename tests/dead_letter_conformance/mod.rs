@@ -74,6 +74,7 @@ where
     an_expired_lease_is_taken_over(&make().await).await;
     discard_rules(&make().await).await;
     one_entry_is_leased_on_demand(&make().await).await;
+    an_expired_lease_is_taken_on_demand(&make().await).await;
     paging_visits_each_match_once(&make().await).await;
     counts_by_state_and_reason(&make().await).await;
     purge_removes_only_old_finished_entries(&make().await).await;
@@ -442,6 +443,24 @@ async fn one_entry_is_leased_on_demand<Q: DeadLetterQueue>(queue: &Q) {
             .await,
         Err(QueueError::NotFound)
     ));
+}
+
+async fn an_expired_lease_is_taken_on_demand<Q: DeadLetterQueue>(queue: &Q) {
+    let ids = push_n(queue, 1).await;
+    let old = queue.lease(1, SHORT).await.unwrap().remove(0);
+    tokio::time::sleep(SHORT + MARGIN).await;
+    let new = queue.lease_one(ids[0], LONG).await.unwrap().unwrap();
+    assert_ne!(new.token, old.token);
+    // The new lease's end replaced the old one: a batch finds nothing due.
+    assert!(queue.lease(10, LONG).await.unwrap().is_empty());
+    assert!(matches!(
+        queue.complete(ids[0], old.token, StatusCode::OK).await,
+        Err(QueueError::LeaseLost)
+    ));
+    queue
+        .complete(ids[0], new.token, StatusCode::OK)
+        .await
+        .unwrap();
 }
 
 async fn paging_visits_each_match_once<Q: DeadLetterQueue>(queue: &Q) {
