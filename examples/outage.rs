@@ -97,6 +97,10 @@ struct Args {
     /// One JSON object per client on standard output instead of the table.
     #[arg(long)]
     json: bool,
+    /// After the run, serve the dead-letter admin page on this address (for
+    /// example 127.0.0.1:8080) until Ctrl-C; needs `--features admin`.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -1013,7 +1017,37 @@ async fn main() -> Result<(), BoxError> {
     if !args.json {
         println!("\nChart of attempts per second: {}", args.svg.display());
     }
+    if let Some(addr) = args.admin {
+        // The plain tower-reissue client's queue: the incident's dead letters.
+        serve_admin(queues[2].clone(), addr).await?;
+    }
     Ok(())
+}
+/// Serves the admin page over the incident's dead letters until Ctrl-C.
+#[cfg(feature = "admin")]
+async fn serve_admin(queue: SqliteQueue, addr: std::net::SocketAddr) -> Result<(), BoxError> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let replayer = Replayer::new(queue.clone(), client);
+    let app = axum::Router::new().nest(
+        "/dead-letters",
+        tower_reissue::dead_letter::admin::router(queue, replayer),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "Dead-letter admin page: http://{}/dead-letters (Ctrl-C to stop)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "admin"))]
+async fn serve_admin(_: SqliteQueue, _: std::net::SocketAddr) -> Result<(), BoxError> {
+    Err("--admin needs the admin page: run with `--features admin`".into())
 }
 
 /// The table and the story under it.

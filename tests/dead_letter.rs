@@ -231,6 +231,13 @@ impl DeadLetterQueue for BrokenQueue {
     ) -> Result<Vec<tower_reissue::dead_letter::Lease>, QueueError> {
         Ok(Vec::new())
     }
+    async fn lease_one(
+        &self,
+        _: tower_reissue::dead_letter::DeadLetterId,
+        _: Duration,
+    ) -> Result<Option<tower_reissue::dead_letter::Lease>, QueueError> {
+        Err(QueueError::NotFound)
+    }
     async fn complete(
         &self,
         _: tower_reissue::dead_letter::DeadLetterId,

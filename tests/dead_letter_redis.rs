@@ -433,12 +433,17 @@ impl DeadLetterQueue for Reporting {
     }
     async fn lease(&self, max: usize, lease: Duration) -> Result<Vec<Lease>, QueueError> {
         let leases = self.0.lease(max, lease).await?;
-        for lease in &leases {
-            if let DeadLetterState::Leased { until } = lease.letter.state {
-                println!("leased {} {}", lease.letter.id, to_millis(until));
-            }
-        }
+        leases.iter().for_each(report);
         Ok(leases)
+    }
+    async fn lease_one(
+        &self,
+        id: DeadLetterId,
+        lease: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        let lease = self.0.lease_one(id, lease).await?;
+        lease.iter().for_each(report);
+        Ok(lease)
     }
     async fn complete(
         &self,
@@ -471,6 +476,12 @@ impl DeadLetterQueue for Reporting {
     }
     async fn purge(&self, before: SystemTime) -> Result<u64, QueueError> {
         self.0.purge(before).await
+    }
+}
+
+fn report(lease: &Lease) {
+    if let DeadLetterState::Leased { until } = lease.letter.state {
+        println!("leased {} {}", lease.letter.id, to_millis(until));
     }
 }
 

@@ -148,6 +148,35 @@ impl DeadLetterQueue for MemoryQueue {
         Ok(leases)
     }
 
+    async fn lease_one(
+        &self,
+        id: DeadLetterId,
+        lease: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        let now = now();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let slot = state.entries.get_mut(&id).ok_or(QueueError::NotFound)?;
+        let takeable = match slot.letter.state {
+            DeadLetterState::Pending | DeadLetterState::FailedAgain { .. } => true,
+            DeadLetterState::Leased { until } => until <= now,
+            DeadLetterState::Replayed { .. } | DeadLetterState::Discarded => false,
+        };
+        if !takeable {
+            return Ok(None);
+        }
+        state.next_token += 1;
+        let token = LeaseToken::new(state.next_token);
+        slot.token = Some(token);
+        slot.letter.state = DeadLetterState::Leased {
+            until: after(now, lease),
+        };
+        Ok(Some(Lease {
+            letter: slot.letter.clone(),
+            token,
+        }))
+    }
+
     async fn complete(
         &self,
         id: DeadLetterId,

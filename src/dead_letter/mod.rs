@@ -27,6 +27,8 @@
 //! a SQLite file, durable on one machine and inspectable with `sqlite3`;
 //! `RedisQueue` (feature `redis`) is shared by every instance using one Redis.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -573,6 +575,16 @@ pub trait DeadLetterQueue: Clone + Send + Sync + 'static {
         max: usize,
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<Lease>, QueueError>> + Send;
+
+    /// Leases the entry `id` for `lease` now, even if it failed again and
+    /// its retry time has not come (a person asked for it): `None` when it
+    /// is finished (replayed or discarded) or held by a live lease,
+    /// [`QueueError::NotFound`] when the queue does not hold it.
+    fn lease_one(
+        &self,
+        id: DeadLetterId,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, QueueError>> + Send;
 
     /// Records that the replay of a leased entry was answered with `status`.
     fn complete(

@@ -95,22 +95,12 @@ end
 return tonumber(id)
 ";
 
-/// Leases up to `max` leasable entries, lowest id first. ARGV: prefix, max,
-/// lease in ms. Returns `{token, entry}` pairs.
-const LEASE: &str = r"
-local now = now_ms()
--- Leases that ran out and retry times that passed make their entries ready.
-local due = redis.call('ZRANGEBYSCORE', k('timed'), '-inf', fmt(now))
-for _, id in ipairs(due) do redis.call('ZADD', k('ready'), id, id) end
-if #due > 0 then redis.call('ZREMRANGEBYSCORE', k('timed'), '-inf', fmt(now)) end
-local until_ms = now + tonumber(ARGV[3])
-local leases = {}
-for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, fmt(tonumber(ARGV[2]) - 1))) do
+/// What both lease scripts share: `take(id, state, until_ms)` leases the
+/// entry `id`, now in `state`, until `until_ms` with a fresh token, and
+/// returns the `{token, entry}` pair the scripts reply with.
+const TAKE: &str = r"
+local function take(id, state, until_ms)
   local entry = k('entry', id)
-  local state = redis.call('HGET', entry, 'state')
-  if not state then
-    return redis.error_reply('ERR dead letter ' .. entry .. ' is indexed but missing')
-  end
   local token = redis.call('INCR', k('token'))
   if token == 1 then
     -- The counter was lost: restart it above every token it could have
@@ -122,10 +112,46 @@ for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, fmt(tonumber(ARGV[2]) - 
   redis.call('HSET', entry, 'state', 'leased', 'until', fmt(until_ms), 'token', fmt(token))
   move_state(id, state, 'leased')
   redis.call('ZREM', k('ready'), id)
+  -- Replaces a retry time or an expired lease's end the entry may still have.
   redis.call('ZADD', k('timed'), fmt(until_ms), id)
-  leases[#leases + 1] = {token, read(id)}
+  return {token, read(id)}
+end
+";
+
+/// Leases up to `max` leasable entries, lowest id first. ARGV: prefix, max,
+/// lease in ms. Returns `{token, entry}` pairs.
+const LEASE: &str = r"
+local now = now_ms()
+-- Leases that ran out and retry times that passed make their entries ready.
+local due = redis.call('ZRANGEBYSCORE', k('timed'), '-inf', fmt(now))
+for _, id in ipairs(due) do redis.call('ZADD', k('ready'), id, id) end
+if #due > 0 then redis.call('ZREMRANGEBYSCORE', k('timed'), '-inf', fmt(now)) end
+local until_ms = now + tonumber(ARGV[3])
+local leases = {}
+for _, id in ipairs(redis.call('ZRANGE', k('ready'), 0, fmt(tonumber(ARGV[2]) - 1))) do
+  local state = redis.call('HGET', k('entry', id), 'state')
+  if not state then
+    return redis.error_reply('ERR dead letter ' .. k('entry', id) .. ' is indexed but missing')
+  end
+  leases[#leases + 1] = take(id, state, until_ms)
 end
 return leases
+";
+
+/// Leases one entry even before its retry time. ARGV: prefix, id, lease in
+/// ms. Returns 0 (no such entry), 1 (finished, or held by a live lease) or
+/// the `{token, entry}` pair.
+const LEASE_ONE: &str = r"
+local id = ARGV[2]
+local held = redis.call('HMGET', k('entry', id), 'state', 'until')
+local state = held[1]
+if not state then return 0 end
+local now = now_ms()
+-- A lease whose end has passed is free, as the batch lease finds it once
+-- `timed` hands it back to `ready`.
+local free = state == 'leased' and held[2] and tonumber(held[2]) <= now
+if state ~= 'pending' and state ~= 'failed_again' and not free then return 1 end
+return take(id, state, now + tonumber(ARGV[3]))
 ";
 
 /// Ends the lease held with a token, appending the replay to the history.
@@ -267,7 +293,8 @@ fn script(body: &str) -> Script {
 }
 
 static PUSH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PUSH));
-static LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LEASE));
+static LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[TAKE, LEASE].concat()));
+static LEASE_ONE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(&[TAKE, LEASE_ONE].concat()));
 static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FINISH));
 static DISCARD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DISCARD));
 static PAGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PAGE));
@@ -544,21 +571,24 @@ where
         let Value::Array(leases) = value else {
             return Err(unexpected(&value));
         };
-        leases
-            .iter()
-            .map(|lease| match lease {
-                Value::Array(pair) => match pair.as_slice() {
-                    [Value::Int(token), Value::Array(entry)] => Ok(Lease {
-                        letter: decode_entry(entry)?,
-                        token: LeaseToken::new(
-                            u64::try_from(*token).map_err(|_| corrupt("negative token"))?,
-                        ),
-                    }),
-                    _ => Err(unexpected(lease)),
-                },
-                other => Err(unexpected(other)),
+        leases.iter().map(decode_lease).collect()
+    }
+
+    async fn lease_one(
+        &self,
+        id: DeadLetterId,
+        lease: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        let value = self
+            .eval(&LEASE_ONE_SCRIPT, |script| {
+                script.arg(id.get()).arg(millis(lease));
             })
-            .collect()
+            .await?;
+        match value {
+            Value::Int(0) => Err(QueueError::NotFound),
+            Value::Int(1) => Ok(None),
+            lease => decode_lease(&lease).map(Some),
+        }
     }
 
     async fn complete(
@@ -785,6 +815,22 @@ fn optional<T>(
     match value {
         Value::Nil => Ok(None),
         value => read(value, field).map(Some),
+    }
+}
+
+/// Decodes a lease as the lease scripts return it: `{token, entry}`.
+fn decode_lease(lease: &Value) -> Result<Lease, QueueError> {
+    match lease {
+        Value::Array(pair) => match pair.as_slice() {
+            [Value::Int(token), Value::Array(entry)] => Ok(Lease {
+                letter: decode_entry(entry)?,
+                token: LeaseToken::new(
+                    u64::try_from(*token).map_err(|_| corrupt("negative token"))?,
+                ),
+            }),
+            _ => Err(unexpected(lease)),
+        },
+        other => Err(unexpected(other)),
     }
 }
 

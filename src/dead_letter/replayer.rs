@@ -12,7 +12,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tower_service::Service;
 
 use super::sink::error_text;
-use super::{AttemptOutcome, DeadLetterId, DeadLetterQueue, Lease, QueueError};
+use super::{AttemptOutcome, DeadLetter, DeadLetterId, DeadLetterQueue, Lease, QueueError};
 use crate::classify::{Classifier, Outcome, RequestView};
 use crate::idempotency_key::IDEMPOTENCY_KEY;
 use crate::{BoxError, DefaultClassifier, Verdict};
@@ -305,6 +305,31 @@ where
             let _ = shutdown.or(tokio::time::sleep(self.idle)).await;
         }
         Ok(total)
+    }
+
+    /// Replays the entry `id` now, outside the rate and concurrency of
+    /// [`drain`](Self::drain) (a person asked for it; failed entries do not
+    /// wait for their retry time), and returns the entry as it stands
+    /// afterwards: replayed, failed again with the failure in its history,
+    /// discarded by [`max_age`](Self::max_age), or held back unsent for the
+    /// same reasons as in a drain (body not kept; keyless, see
+    /// [`replay_unkeyed`](Self::replay_unkeyed)). `None` when the entry is
+    /// finished or held by another replayer's lease.
+    pub async fn replay_one(&self, id: DeadLetterId) -> Result<Option<DeadLetter>, QueueError> {
+        let Some(lease) = self.queue.lease_one(id, self.lease).await? else {
+            return Ok(None);
+        };
+        if self.settle_unsendable(&lease).await.is_none() {
+            replay(
+                self.queue.clone(),
+                self.client.clone(),
+                self.classifier.clone(),
+                lease,
+                self.retry_in,
+            )
+            .await;
+        }
+        self.queue.get(id).await
     }
 
     /// Settles an entry that must not be sent: too old, or without its body.

@@ -364,6 +364,32 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<DeadLetter, QueueError>> {
     })())
 }
 
+/// Leases entry `id` until `until` with a fresh token, inside the caller's
+/// write transaction.
+fn take_lease(tx: &rusqlite::Transaction<'_>, id: i64, until: i64) -> Result<Lease, QueueError> {
+    let token: i64 = tx
+        .prepare_cached("UPDATE lease_tokens SET last = last + 1 RETURNING last")
+        .and_then(|mut s| s.query_row([], |row| row.get(0)))
+        .map_err(unavailable)?;
+    tx.prepare_cached(
+        "UPDATE dead_letters SET state = 'leased', state_until_ms = ?1, \
+         lease_token = ?2 WHERE id = ?3",
+    )
+    .and_then(|mut s| s.execute(params![until, token, id]))
+    .map_err(unavailable)?;
+    let letter = select_letters(
+        tx,
+        &format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"),
+        &[&id],
+    )?
+    .pop()
+    .ok_or_else(|| corrupt("a leased entry vanished"))?;
+    Ok(Lease {
+        letter,
+        token: LeaseToken::new(token as u64),
+    })
+}
+
 fn sql_id(id: DeadLetterId) -> i64 {
     // Ids come from SQLite's rowids, which are below i64::MAX; a larger one
     // matches no row.
@@ -560,30 +586,47 @@ impl DeadLetterQueue for SqliteQueue {
             };
             let mut leases = Vec::with_capacity(ids.len());
             for id in ids {
-                let token: i64 = tx
-                    .prepare_cached("UPDATE lease_tokens SET last = last + 1 RETURNING last")
-                    .and_then(|mut s| s.query_row([], |row| row.get(0)))
-                    .map_err(unavailable)?;
-                tx.prepare_cached(
-                    "UPDATE dead_letters SET state = 'leased', state_until_ms = ?1, \
-                     lease_token = ?2 WHERE id = ?3",
-                )
-                .and_then(|mut s| s.execute(params![until, token, id]))
-                .map_err(unavailable)?;
-                let letter = select_letters(
-                    &tx,
-                    &format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"),
-                    &[&id],
-                )?
-                .pop()
-                .ok_or_else(|| corrupt("a leased entry vanished"))?;
-                leases.push(Lease {
-                    letter,
-                    token: LeaseToken::new(token as u64),
-                });
+                leases.push(take_lease(&tx, id, until)?);
             }
             tx.commit().map_err(unavailable)?;
             Ok(leases)
+        })
+        .await
+    }
+
+    async fn lease_one(
+        &self,
+        id: DeadLetterId,
+        lease: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        self.run(move |conn| {
+            let now = now_ms();
+            let until = millis_after(now, lease);
+            let id = sql_id(id);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let state: Option<(String, Option<i64>)> = tx
+                .prepare_cached("SELECT state, state_until_ms FROM dead_letters WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(unavailable)?;
+            let takeable = match state {
+                None => return Err(QueueError::NotFound),
+                Some((state, until)) => match state.as_str() {
+                    "pending" | "failed_again" => true,
+                    "leased" => until.is_some_and(|until| until <= now),
+                    _ => false,
+                },
+            };
+            if !takeable {
+                return Ok(None);
+            }
+            let lease = take_lease(&tx, id, until)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(Some(lease))
         })
         .await
     }

@@ -73,6 +73,8 @@ where
     failed_entries_come_back_with_their_history(&make().await).await;
     an_expired_lease_is_taken_over(&make().await).await;
     discard_rules(&make().await).await;
+    one_entry_is_leased_on_demand(&make().await).await;
+    an_expired_lease_is_taken_on_demand(&make().await).await;
     paging_visits_each_match_once(&make().await).await;
     counts_by_state_and_reason(&make().await).await;
     purge_removes_only_old_finished_entries(&make().await).await;
@@ -395,6 +397,72 @@ async fn discard_rules<Q: DeadLetterQueue>(queue: &Q) {
     ));
 }
 
+async fn one_entry_is_leased_on_demand<Q: DeadLetterQueue>(queue: &Q) {
+    let ids = push_n(queue, 4).await;
+    // A failed entry whose retry time is far off is taken on demand.
+    let first = queue.lease(1, LONG).await.unwrap().remove(0);
+    queue
+        .fail(
+            ids[0],
+            first.token,
+            AttemptOutcome::Error("reset".into()),
+            LONG,
+        )
+        .await
+        .unwrap();
+    let again = queue.lease_one(ids[0], LONG).await.unwrap().unwrap();
+    assert_eq!(again.letter.id, ids[0]);
+    assert!(matches!(again.letter.state, DeadLetterState::Leased { .. }));
+    assert_ne!(again.token, first.token);
+    assert_eq!(again.letter.history.len(), 1);
+    // Held now: neither a second on-demand lease nor a batch takes it.
+    assert!(queue.lease_one(ids[0], LONG).await.unwrap().is_none());
+    let batch: Vec<_> = queue
+        .lease(10, LONG)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.letter.id)
+        .collect();
+    assert_eq!(batch, ids[1..]);
+    queue
+        .complete(ids[0], again.token, StatusCode::OK)
+        .await
+        .unwrap();
+    // Finished entries are not leased; a missing one is an error.
+    assert!(queue.lease_one(ids[0], LONG).await.unwrap().is_none());
+    let fresh = queue
+        .push(request("a.example", "max_attempts", 9))
+        .await
+        .unwrap();
+    queue.discard(fresh).await.unwrap();
+    assert!(queue.lease_one(fresh, LONG).await.unwrap().is_none());
+    assert!(matches!(
+        queue
+            .lease_one(DeadLetterId::new(fresh.get() + 1000), LONG)
+            .await,
+        Err(QueueError::NotFound)
+    ));
+}
+
+async fn an_expired_lease_is_taken_on_demand<Q: DeadLetterQueue>(queue: &Q) {
+    let ids = push_n(queue, 1).await;
+    let old = queue.lease(1, SHORT).await.unwrap().remove(0);
+    tokio::time::sleep(SHORT + MARGIN).await;
+    let new = queue.lease_one(ids[0], LONG).await.unwrap().unwrap();
+    assert_ne!(new.token, old.token);
+    // The new lease's end replaced the old one: a batch finds nothing due.
+    assert!(queue.lease(10, LONG).await.unwrap().is_empty());
+    assert!(matches!(
+        queue.complete(ids[0], old.token, StatusCode::OK).await,
+        Err(QueueError::LeaseLost)
+    ));
+    queue
+        .complete(ids[0], new.token, StatusCode::OK)
+        .await
+        .unwrap();
+}
+
 async fn paging_visits_each_match_once<Q: DeadLetterQueue>(queue: &Q) {
     let mut ids = Vec::new();
     for tag in 0..25u32 {
@@ -592,6 +660,13 @@ impl<Q: DeadLetterQueue> DeadLetterQueue for Either<Q> {
         lease: Duration,
     ) -> Result<Vec<tower_reissue::dead_letter::Lease>, QueueError> {
         self.next().lease(max, lease).await
+    }
+    async fn lease_one(
+        &self,
+        id: DeadLetterId,
+        lease: Duration,
+    ) -> Result<Option<tower_reissue::dead_letter::Lease>, QueueError> {
+        self.next().lease_one(id, lease).await
     }
     async fn complete(
         &self,
