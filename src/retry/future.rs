@@ -141,9 +141,12 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
+            // Projected afresh each time round, and the failure paths given
+            // the future rather than this projection: a projection passed by
+            // reference would be written out to the stack on every poll.
+            let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let entered = this.span.enter();
@@ -178,7 +181,7 @@ where
                         telemetry::succeeded(*this.attempt);
                         return Poll::Ready(with_attempts(result, *this.attempt));
                     }
-                    if let Some(result) = after_failure(&mut this, result, verdict) {
+                    if let Some(result) = after_failure(self.as_mut(), result, verdict) {
                         return Poll::Ready(result);
                     }
                 }
@@ -197,7 +200,7 @@ where
                             Err(Box::new(ReconcileTimedOut) as BoxError)
                         }
                     };
-                    if let Some(result) = after_probe(&mut this, answer) {
+                    if let Some(result) = after_probe(self.as_mut(), answer) {
                         return Poll::Ready(result);
                     }
                 }
@@ -257,7 +260,7 @@ where
 #[cold]
 #[inline(never)]
 fn after_failure<S, T, C>(
-    this: &mut ResponseFutureProj<'_, S, T, C>,
+    future: Pin<&mut ResponseFuture<S, T, C>>,
     result: Result<S::Response, BoxError>,
     verdict: Verdict,
 ) -> Option<Result<S::Response, BoxError>>
@@ -267,6 +270,7 @@ where
     T: RequestTemplate,
     C: Classifier,
 {
+    let this = &mut future.project();
     let request = this.template.view().with_attempt(*this.attempt);
     let outcome = match &result {
         Ok(response) => Outcome::Response {
@@ -341,7 +345,7 @@ where
 #[cold]
 #[inline(never)]
 fn after_probe<S, T, C>(
-    this: &mut ResponseFutureProj<'_, S, T, C>,
+    future: Pin<&mut ResponseFuture<S, T, C>>,
     answer: Result<crate::reconcile::Reconciled, BoxError>,
 ) -> Option<Result<S::Response, BoxError>>
 where
@@ -349,6 +353,7 @@ where
     S::Response: RetryResponse,
     T: RequestTemplate,
 {
+    let this = &mut future.project();
     this.state.set(State::Ready);
     *this.probe = None;
     // The probe's answer and what follows belong to the probed attempt.
