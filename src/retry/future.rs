@@ -166,13 +166,7 @@ where
                     this.state.set(State::Ready);
                     this.template.attempt_done();
                     let request = this.template.view().with_attempt(*this.attempt);
-                    let outcome = match &result {
-                        Ok(response) => Outcome::Response {
-                            status: response.status(),
-                            headers: response.headers(),
-                        },
-                        Err(error) => Outcome::Error(&**error),
-                    };
+                    let outcome = outcome_of(&result);
                     let verdict = this.config.classifier.classify(&request, &outcome);
                     if verdict == Verdict::Success {
                         // The common case, decided here: nothing below it
@@ -272,13 +266,7 @@ where
 {
     let this = &mut future.project();
     let request = this.template.view().with_attempt(*this.attempt);
-    let outcome = match &result {
-        Ok(response) => Outcome::Response {
-            status: response.status(),
-            headers: response.headers(),
-        },
-        Err(error) => Outcome::Error(&**error),
-    };
+    let outcome = outcome_of(&result);
     let error_type = this.span.ended(&request, &outcome, verdict);
     let decision = decide(
         this.config,
@@ -391,13 +379,7 @@ where
     );
     match decision {
         Ok((delay, hold)) => {
-            let error_type = telemetry::ErrorType::of(&match &result {
-                Ok(response) => Outcome::Response {
-                    status: response.status(),
-                    headers: response.headers(),
-                },
-                Err(error) => Outcome::Error(&**error),
-            });
+            let error_type = telemetry::ErrorType::of(&outcome_of(&result));
             drop(entered);
             schedule_retry(this, result, verdict, Some(&error_type), delay, hold)
         }
@@ -480,6 +462,18 @@ fn schedule_retry<S, T, C>(
         }
     ) {
         *this.ambiguous = true;
+    }
+}
+
+/// An attempt's result as the classifier sees it.
+#[inline(always)]
+fn outcome_of<R: RetryResponse>(result: &Result<R, BoxError>) -> Outcome<'_> {
+    match result {
+        Ok(response) => Outcome::Response {
+            status: response.status(),
+            headers: response.headers(),
+        },
+        Err(error) => Outcome::Error(&**error),
     }
 }
 
