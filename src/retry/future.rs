@@ -40,6 +40,9 @@ pin_project! {
         // gets this rather than an error of the layer's own.
         last: Option<Result<S::Response, BoxError>>,
         last_verdict: Verdict,
+        // The reconciler's probe while reconciling: boxed once more so that
+        // it costs the future one pointer.
+        probe: Option<Box<crate::reconcile::Probe>>,
         // An earlier attempt may have taken effect: a 412 to a conditional
         // request then means it did.
         ambiguous: bool,
@@ -61,12 +64,11 @@ pin_project! {
         },
         Waiting,
         Ready,
-        // Asking the reconciler about the attempt whose result is in `last`.
-        // Boxed once more so that the state stays one pointer wide: a small
-        // attempt future must not grow for the sake of the failure path.
-        Reconciling {
-            probe: Box<crate::reconcile::Probe>,
-        },
+        // Asking the reconciler (its probe in `probe`) about the attempt
+        // whose result is in `last`. The probe is kept outside the state: a
+        // state that owns nothing but the attempt's future is dropped inline
+        // when the attempt ends, which the success path pays every time.
+        Reconciling,
     }
 }
 
@@ -94,6 +96,7 @@ where
             timer,
             last: None,
             last_verdict: Verdict::Success,
+            probe: None,
             ambiguous: false,
             service,
             template,
@@ -138,9 +141,12 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
+            // Projected afresh each time round, and the failure paths given
+            // the future rather than this projection: a projection passed by
+            // reference would be written out to the stack on every poll.
+            let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let entered = this.span.enter();
@@ -160,80 +166,26 @@ where
                     this.state.set(State::Ready);
                     this.template.attempt_done();
                     let request = this.template.view().with_attempt(*this.attempt);
-                    let outcome = match &result {
-                        Ok(response) => Outcome::Response {
-                            status: response.status(),
-                            headers: response.headers(),
-                        },
-                        Err(error) => Outcome::Error(&**error),
-                    };
+                    let outcome = outcome_of(&result);
                     let verdict = this.config.classifier.classify(&request, &outcome);
-                    let error_type = this.span.ended(&request, &outcome, verdict);
-                    let decision = decide(
-                        this.config,
-                        this.template,
-                        &request,
-                        verdict,
-                        *this.attempt,
-                        *this.previous_delay,
-                        *this.deadline,
-                    );
-                    let (delay, hold) = match decision {
-                        Ok(decided) => decided,
-                        Err(mut reason) => {
-                            // The decision's events belong to this attempt's span.
-                            let _entered = this.span.enter();
-                            if let Some(failed) = reason {
-                                match crate::reconcile::begin(
-                                    this.config,
-                                    this.template,
-                                    &request,
-                                    &outcome,
-                                    failed,
-                                    *this.ambiguous,
-                                    *this.deadline,
-                                ) {
-                                    Begun::GiveUp(failed) => reason = Some(failed),
-                                    Begun::Applied => {
-                                        telemetry::succeeded(*this.attempt);
-                                        let result = crate::reconcile::applied(result);
-                                        return Poll::Ready(with_attempts(result, *this.attempt));
-                                    }
-                                    Begun::Probe(probe) => {
-                                        let timeout = this.config.reconcile.timeout;
-                                        match attempt_ends(timeout, *this.deadline) {
-                                            Some(at) => set_timer(this.timer, at),
-                                            None => *this.timer = None,
-                                        }
-                                        *this.last = Some(result);
-                                        *this.last_verdict = verdict;
-                                        let probe = Box::new(probe);
-                                        this.state.set(State::Reconciling { probe });
-                                        continue;
-                                    }
-                                }
-                            }
-                            if let Some(reason) = reason {
-                                let parked = (&*this.template, Some(&result));
-                                give_up(
-                                    this.config,
-                                    request,
-                                    *this.attempt,
-                                    verdict,
-                                    reason,
-                                    parked,
-                                );
-                            } else {
-                                telemetry::succeeded(*this.attempt);
-                            }
-                            return Poll::Ready(with_attempts(result, *this.attempt));
-                        }
-                    };
-                    let error_type = error_type.as_ref();
-                    schedule_retry(&mut this, result, verdict, error_type, delay, hold);
+                    if verdict == Verdict::Success {
+                        // The common case, decided here: nothing below it
+                        // (reconciling, retrying, giving up) is paid for.
+                        let _ = this.span.ended(&request, &outcome, verdict);
+                        telemetry::succeeded(*this.attempt);
+                        return Poll::Ready(with_attempts(result, *this.attempt));
+                    }
+                    if let Some(result) = after_failure(self.as_mut(), result, verdict) {
+                        return Poll::Ready(result);
+                    }
                 }
-                StateProj::Reconciling { probe } => {
-                    let answer = match probe.as_mut().as_mut().poll(cx) {
+                StateProj::Reconciling => {
+                    let polled = match this.probe.as_mut() {
+                        Some(probe) => probe.as_mut().as_mut().poll(cx),
+                        // Never: the probe is set with the state.
+                        None => Poll::Ready(Err("the reconciler's probe is gone".into())),
+                    };
+                    let answer = match polled {
                         Poll::Ready(answer) => answer,
                         Poll::Pending => {
                             if !expired(this.timer, cx) {
@@ -242,7 +194,7 @@ where
                             Err(Box::new(ReconcileTimedOut) as BoxError)
                         }
                     };
-                    if let Some(result) = after_probe(&mut this, answer) {
+                    if let Some(result) = after_probe(self.as_mut(), answer) {
                         return Poll::Ready(result);
                     }
                 }
@@ -296,6 +248,84 @@ where
     }
 }
 
+/// Acts on a failed attempt (any verdict but `Success`): the caller's
+/// result, or `None` once a reconciler's probe or the next attempt is set
+/// up. Kept out of `poll` so that the success path carries none of it.
+#[cold]
+#[inline(never)]
+fn after_failure<S, T, C>(
+    future: Pin<&mut ResponseFuture<S, T, C>>,
+    result: Result<S::Response, BoxError>,
+    verdict: Verdict,
+) -> Option<Result<S::Response, BoxError>>
+where
+    S: Service<T::Attempt>,
+    S::Response: RetryResponse,
+    T: RequestTemplate,
+    C: Classifier,
+{
+    let this = &mut future.project();
+    let request = this.template.view().with_attempt(*this.attempt);
+    let outcome = outcome_of(&result);
+    let error_type = this.span.ended(&request, &outcome, verdict);
+    let decision = decide(
+        this.config,
+        this.template,
+        &request,
+        verdict,
+        *this.attempt,
+        *this.previous_delay,
+        *this.deadline,
+    );
+    let (delay, hold) = match decision {
+        Ok(decided) => decided,
+        Err(mut reason) => {
+            // The decision's events belong to this attempt's span.
+            let _entered = this.span.enter();
+            if let Some(failed) = reason {
+                match crate::reconcile::begin(
+                    this.config,
+                    this.template,
+                    &request,
+                    &outcome,
+                    failed,
+                    *this.ambiguous,
+                    *this.deadline,
+                ) {
+                    Begun::GiveUp(failed) => reason = Some(failed),
+                    Begun::Applied => {
+                        telemetry::succeeded(*this.attempt);
+                        let result = crate::reconcile::applied(result);
+                        return Some(with_attempts(result, *this.attempt));
+                    }
+                    Begun::Probe(probe) => {
+                        let timeout = this.config.reconcile.timeout;
+                        match attempt_ends(timeout, *this.deadline) {
+                            Some(at) => set_timer(this.timer, at),
+                            None => *this.timer = None,
+                        }
+                        *this.last = Some(result);
+                        *this.last_verdict = verdict;
+                        *this.probe = Some(Box::new(probe));
+                        this.state.set(State::Reconciling);
+                        return None;
+                    }
+                }
+            }
+            if let Some(reason) = reason {
+                let parked = (&*this.template, Some(&result));
+                give_up(this.config, request, *this.attempt, verdict, reason, parked);
+            } else {
+                telemetry::succeeded(*this.attempt);
+            }
+            return Some(with_attempts(result, *this.attempt));
+        }
+    };
+    let error_type = error_type.as_ref();
+    schedule_retry(this, result, verdict, error_type, delay, hold);
+    None
+}
+
 /// Acts on the reconciler's answer about the attempt held in `last`: the
 /// caller's result, or `None` once the next attempt is set up. Kept out of
 /// `poll` (and cold) so that the attempt's path stays as lean as without
@@ -303,7 +333,7 @@ where
 #[cold]
 #[inline(never)]
 fn after_probe<S, T, C>(
-    this: &mut ResponseFutureProj<'_, S, T, C>,
+    future: Pin<&mut ResponseFuture<S, T, C>>,
     answer: Result<crate::reconcile::Reconciled, BoxError>,
 ) -> Option<Result<S::Response, BoxError>>
 where
@@ -311,7 +341,9 @@ where
     S::Response: RetryResponse,
     T: RequestTemplate,
 {
+    let this = &mut future.project();
     this.state.set(State::Ready);
+    *this.probe = None;
     // The probe's answer and what follows belong to the probed attempt.
     let entered = this.span.enter();
     let result = this
@@ -347,13 +379,7 @@ where
     );
     match decision {
         Ok((delay, hold)) => {
-            let error_type = telemetry::ErrorType::of(&match &result {
-                Ok(response) => Outcome::Response {
-                    status: response.status(),
-                    headers: response.headers(),
-                },
-                Err(error) => Outcome::Error(&**error),
-            });
+            let error_type = telemetry::ErrorType::of(&outcome_of(&result));
             drop(entered);
             schedule_retry(this, result, verdict, Some(&error_type), delay, hold)
         }
@@ -436,6 +462,18 @@ fn schedule_retry<S, T, C>(
         }
     ) {
         *this.ambiguous = true;
+    }
+}
+
+/// An attempt's result as the classifier sees it.
+#[inline(always)]
+fn outcome_of<R: RetryResponse>(result: &Result<R, BoxError>) -> Outcome<'_> {
+    match result {
+        Ok(response) => Outcome::Response {
+            status: response.status(),
+            headers: response.headers(),
+        },
+        Err(error) => Outcome::Error(&**error),
     }
 }
 

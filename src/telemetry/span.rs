@@ -18,6 +18,23 @@ use crate::classify::{Outcome, RequestView};
 #[derive(Default)]
 pub(crate) struct AttemptSpan(Option<Box<Span>>);
 
+impl Drop for AttemptSpan {
+    // Inline, so that dropping the retry future checks one pointer rather
+    // than calling out to drop a span that is not there.
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            drop_span(span);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_span(span: Box<Span>) {
+    drop(span);
+}
+
 impl AttemptSpan {
     /// Opens the span of one attempt (1-based) as a child of the current span.
     #[inline(always)]
