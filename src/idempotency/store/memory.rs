@@ -27,12 +27,15 @@ use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordK
 /// in a loop would otherwise evict everyone's results, and their retries
 /// would run again). So each principal may hold at most
 /// [`max_in_flight_per_principal`](Self::max_in_flight_per_principal)
-/// claims in flight (default 100) and
+/// claims in flight (default 100), and once the store is full it may hold
+/// no more than
 /// [`max_records_per_principal`](Self::max_records_per_principal) live
-/// records in all (default 1 000). A claim over either quota fails with
-/// [`StoreError::QuotaExceeded`] and changes nothing: the layer answers
+/// records (default 1 000): while there is room, records over that quota
+/// take nothing from anyone and are kept. A claim over either quota fails
+/// with [`StoreError::QuotaExceeded`] and changes nothing: the layer answers
 /// `429` with `Retry-After` (`quota-exceeded`), and no record of anyone is
-/// dropped for it. Quotas apply to the clients of
+/// dropped for it; a principal under its quota gets room by evicting from
+/// whoever holds the most. Quotas apply to the clients of
 /// [`IdempotencyLayer`](crate::IdempotencyLayer), not to
 /// [`Once`](crate::Once) scopes, which hold what a program's own jobs need. The quotas do not scale with
 /// [`with_max_records`](Self::with_max_records); set them to `usize::MAX` to
@@ -246,7 +249,10 @@ impl State {
                 retry_after: MemoryStore::IN_FLIGHT_QUOTA_RETRY_AFTER,
             });
         }
-        if usage.records() >= self.max_records_per_principal {
+        // Records over the quota cost nobody anything while the store has
+        // room; only when room must be made would they push others out.
+        let full = self.records.len() >= self.max_records;
+        if full && usage.records() >= self.max_records_per_principal {
             // Room comes back when the principal's oldest result expires.
             let retry_after = usage
                 .completed
