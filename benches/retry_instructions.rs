@@ -3,13 +3,13 @@
 //! for instruction counts under callgrind, where timings are too noisy:
 //!
 //! ```text
-//! cargo bench --no-run --bench retry_instructions
-//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/retry_instructions-* 1000
-//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/deps/retry_instructions-* 11000
+//! benches/instructions.sh retry_instructions
 //! ```
 //!
-//! The difference of the two totals over 10,000 is the cost of one request,
+//! runs each mode twice under callgrind (`MODE 1000` and `MODE 11000`); the
+//! difference of the two totals over 10,000 is the cost of one request,
 //! without the fixed cost of starting the process and the runtime.
+//! `--list` prints the modes.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,10 +22,12 @@ use tower_reissue::RetryLayer;
 
 fn main() {
     // `cargo bench` passes `--bench`; a bare number is the request count.
-    let requests: u64 = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(1000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--list") {
+        println!("tower_reissue_get");
+        return;
+    }
+    let requests: u64 = args.iter().find_map(|arg| arg.parse().ok()).unwrap_or(1000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
