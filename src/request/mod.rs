@@ -148,9 +148,20 @@ fn key_slot_for(
     ) {
         return None;
     }
-    let keyed = headers.contains_key(IDEMPOTENCY_KEY)
+    let keyed = has_key_header(headers)
         || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
     (!keyed).then(KeySlot::default)
+}
+
+/// Whether `headers` hold an `Idempotency-Key`. A small map is scanned:
+/// comparing a few names costs less than hashing this one for a lookup.
+#[inline]
+fn has_key_header(headers: &HeaderMap) -> bool {
+    if headers.keys_len() <= 8 {
+        headers.keys().any(|name| *name == IDEMPOTENCY_KEY)
+    } else {
+        headers.contains_key(IDEMPOTENCY_KEY)
+    }
 }
 
 /// A response the retry layer can classify and annotate.
