@@ -148,8 +148,8 @@ fn key_slot_for(
     ) {
         return None;
     }
-    let keyed = has_key_header(headers)
-        || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
+    let keyed =
+        has_key_header(headers) || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
     (!keyed).then(KeySlot::default)
 }
 
@@ -204,7 +204,12 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
         let (parts, body) = self.into_parts();
         let slot = key_slot_for(&parts.method, &parts.headers, Some(&parts.extensions));
         let (first, handle) = ReplayBody::new(body, replay_limit);
-        let mut attempt_parts = parts.clone();
+        // The first attempt gets the caller's own parts and the template the
+        // copy: a copied header map has no room left, and the layers below
+        // add headers (hyper-util's client a `Host`, `IdempotencyKeyLayer` its
+        // key), which in a copy would reallocate on every request.
+        let kept = parts.clone();
+        let mut attempt_parts = parts;
         // Only attempts carry the slot: the template's extensions stay as the
         // caller left them, cheap to copy for each attempt.
         if let Some(slot) = &slot {
@@ -214,7 +219,7 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
         (
             attempt,
             HttpTemplate {
-                parts,
+                parts: kept,
                 body: handle,
                 slot,
             },
