@@ -101,23 +101,25 @@ where
         let mut service = std::mem::replace(&mut self.inner, clone);
         let config = &*self.config;
         let deadline = config.deadline.map(crate::time::after);
-        let (attempt, template) = request.into_attempt(config.replay_limit);
-        let span = crate::telemetry::AttemptSpan::open(&template.view(), 1);
+        // The attempt and its template stay one tuple, used in place:
+        // destructuring it would copy both out once more (measured).
+        let first = request.into_attempt(config.replay_limit);
+        let span = crate::telemetry::AttemptSpan::open(&first.1.view(), 1);
         // Entered around the call, not through a closure or a block, either
         // of which would move the request or the future once more.
         let entered = span.enter();
-        let future = template.send(&mut service, attempt);
+        let future = first.1.send(&mut service, first.0);
         drop(entered);
         // Deposited once the attempt is on its way: no withdrawal can come
         // before its answer, and the attempt is not held up meanwhile.
         if let Some(budget) = &config.budget {
-            budget.deposit_for(template.view().uri());
+            budget.deposit_for(first.1.view().uri());
         }
         ResponseFuture::new(
             future,
             span,
             service,
-            template,
+            first.1,
             self.config.clone(),
             deadline,
         )
