@@ -78,19 +78,29 @@ where
     S: Service<T::Attempt>,
     T: RequestTemplate,
 {
+    /// The first attempt's timer, if it has a timeout or a deadline.
+    #[inline(always)]
+    pub(crate) fn timer(
+        config: &RetryLayer<C>,
+        deadline: Option<Instant>,
+    ) -> Option<Pin<Box<Sleep>>> {
+        let mut timer = None;
+        if let Some(at) = attempt_ends(config.attempt_timeout, deadline) {
+            set_timer(&mut timer, at);
+        }
+        timer
+    }
+
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
         span: telemetry::AttemptSpan,
+        timer: Option<Pin<Box<Sleep>>>,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
         deadline: Option<Instant>,
     ) -> Self {
-        let mut timer = None;
-        if let Some(at) = attempt_ends(config.attempt_timeout, deadline) {
-            set_timer(&mut timer, at);
-        }
         ResponseFuture {
             state: State::Calling { future },
             span,

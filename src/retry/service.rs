@@ -99,8 +99,12 @@ where
         // for the next `poll_ready`.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let config = &*self.config;
+        // Everything that may unwind comes before the attempt is made: from
+        // there to the returned future, its parts are moved once, not kept
+        // in a second copy for the unwinding path (measured).
+        let config = self.config.clone();
         let deadline = config.deadline.map(crate::time::after);
+        let timer = ResponseFuture::<S, R::Template, C>::timer(&config, deadline);
         // The attempt and its template stay one tuple, used in place:
         // destructuring it would copy both out once more (measured).
         let first = request.into_attempt(config.replay_limit);
@@ -115,13 +119,6 @@ where
         if let Some(budget) = &config.budget {
             budget.deposit_for(first.1.view().uri());
         }
-        ResponseFuture::new(
-            future,
-            span,
-            service,
-            first.1,
-            self.config.clone(),
-            deadline,
-        )
+        ResponseFuture::new(future, span, timer, service, first.1, config, deadline)
     }
 }
