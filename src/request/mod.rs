@@ -203,19 +203,18 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
     fn into_attempt(self, replay_limit: usize) -> (Self::Attempt, Self::Template) {
         let (parts, body) = self.into_parts();
         let slot = key_slot_for(&parts.method, &parts.headers, Some(&parts.extensions));
-        let (first, handle) = ReplayBody::new(body, replay_limit);
         // The first attempt gets the caller's own parts and the template the
         // copy: a copied header map has no room left, and the layers below
         // add headers (hyper-util's client a `Host`, `IdempotencyKeyLayer` its
         // key), which in a copy would reallocate on every request.
         let kept = parts.clone();
-        let mut attempt_parts = parts;
+        let (first, handle) = ReplayBody::new(body, replay_limit);
+        let mut attempt = http::Request::from_parts(parts, first);
         // Only attempts carry the slot: the template's extensions stay as the
         // caller left them, cheap to copy for each attempt.
         if let Some(slot) = &slot {
-            attempt_parts.extensions.insert(slot.clone());
+            attempt.extensions_mut().insert(slot.clone());
         }
-        let attempt = http::Request::from_parts(attempt_parts, first);
         (
             attempt,
             HttpTemplate {
