@@ -121,6 +121,7 @@ where
 
 /// When one attempt (or probe) must end: its timeout or the deadline,
 /// whichever comes first.
+#[inline]
 fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
     let by_timeout = timeout.map(crate::time::after);
     match (by_timeout, deadline) {
