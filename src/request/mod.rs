@@ -135,7 +135,8 @@ impl<B> KeyableRequest for http::Request<B> {
 
 /// A slot for the key an inner `IdempotencyKeyLayer` will choose, for a
 /// request that may need one and has none yet. Safe methods (GET, HEAD,
-/// OPTIONS, TRACE) never get a key, so they get no slot and pay nothing.
+/// OPTIONS, TRACE) never get a key, so they get no slot and pay nothing;
+/// nor does any request while no key layer exists.
 #[inline]
 fn key_slot_for(
     method: &Method,
@@ -145,7 +146,8 @@ fn key_slot_for(
     if matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) {
+    ) || !KeySlot::may_be_read()
+    {
         return None;
     }
     let keyed =
