@@ -10,8 +10,9 @@
 //! The variants run in interleaved rounds (every variant once per round, in
 //! an order that turns each round), so that a slow spell of the machine
 //! falls on all of them; it prints each variant's median requests per second
-//! and its ratio to the bare client. `ROUNDS` (default 20) and `REQUESTS`
-//! per round and variant (default 2,048) change the run; `VARIANT` runs only
+//! and its ratio to the bare client. `ROUNDS` (default 30) and `REQUESTS`
+//! per round and variant (default 8,192: long enough that a busy spell of
+//! the machine spans every variant of a round) change the run; `VARIANT` runs only
 //! the variant named, for a profiler (instructions per request under
 //! callgrind: the difference of two `ROUNDS`, over the requests between).
 
@@ -40,9 +41,9 @@ const IN_FLIGHT: usize = 32;
 type Round = Box<dyn Fn(usize) -> Pin<Box<dyn Future<Output = Duration>>>>;
 
 fn main() {
-    let rounds = setting("ROUNDS", 20);
+    let rounds = setting("ROUNDS", 30);
     // Every task sends as many.
-    let requests = setting("REQUESTS", 2048).div_ceil(IN_FLIGHT) * IN_FLIGHT;
+    let requests = setting("REQUESTS", 8192).div_ceil(IN_FLIGHT) * IN_FLIGHT;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
