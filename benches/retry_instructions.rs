@@ -1,6 +1,6 @@
-//! A fixed number of success-path requests through `Retry` (a GET whose inner
-//! service answers 200 at once, no tracing subscriber, no metrics recorder),
-//! for instruction counts under callgrind, where timings are too noisy:
+//! A fixed number of success-path requests through each retry layer and its
+//! peers (no tracing subscriber, no metrics recorder), for instruction counts
+//! under callgrind, where timings are too noisy:
 //!
 //! ```text
 //! benches/instructions.sh retry_instructions
@@ -9,39 +9,87 @@
 //! runs each mode twice under callgrind (`MODE 1000` and `MODE 11000`); the
 //! difference of the two totals over 10,000 is the cost of one request,
 //! without the fixed cost of starting the process and the runtime.
-//! `--list` prints the modes.
+//! `--list` prints the modes, each with the peer it is compared with.
+//!
+//! GET: an empty body, the inner service answers 200 at once. POST: a 1 KiB
+//! `Full` body that the inner service reads to the end before answering.
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Empty;
-use std::convert::Infallible;
-use std::future::ready;
+mod retry_peers;
+
+use http::Request;
 use std::hint::black_box;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_reissue::RetryLayer;
+
+use retry_peers::{
+    TowerPolicy, get_request, post_request, reading_upstream, tower_resilience, upstream,
+};
+
+/// `MODE [BASELINE]`, baselines first.
+const MODES: &[(&str, Option<&str>)] = &[
+    ("bare_get", None),
+    ("tower_retry_get", None),
+    ("tower_resilience_get", Some("tower_retry_get")),
+    ("tower_reissue_get", Some("tower_retry_get")),
+    ("bare_post", None),
+    ("tower_retry_post", None),
+    ("tower_reissue_post", Some("tower_retry_post")),
+];
 
 fn main() {
     // `cargo bench` passes `--bench`; a bare number is the request count.
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|arg| arg == "--list") {
-        println!("tower_reissue_get");
+        for (mode, baseline) in MODES {
+            println!("{mode} {}", baseline.unwrap_or_default());
+        }
         return;
     }
     let requests: u64 = args.iter().find_map(|arg| arg.parse().ok()).unwrap_or(1000);
+    let mode = args
+        .iter()
+        .find(|arg| !arg.starts_with("--") && arg.parse::<u64>().is_err())
+        .map_or("tower_reissue_get", String::as_str);
+    match mode {
+        "bare_get" => run(upstream(), get_request, requests),
+        "tower_retry_get" => run(
+            tower::retry::RetryLayer::new(TowerPolicy::new()).layer(upstream()),
+            get_request,
+            requests,
+        ),
+        "tower_resilience_get" => run(tower_resilience().layer(upstream()), get_request, requests),
+        "tower_reissue_get" => run(RetryLayer::new().layer(upstream()), get_request, requests),
+        "bare_post" => run(reading_upstream(), post_request, requests),
+        "tower_retry_post" => run(
+            tower::retry::RetryLayer::new(TowerPolicy::new()).layer(reading_upstream()),
+            post_request,
+            requests,
+        ),
+        "tower_reissue_post" => run(
+            RetryLayer::new().layer(reading_upstream()),
+            post_request,
+            requests,
+        ),
+        other => {
+            eprintln!("no mode {other}: `--list` prints the modes");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// `requests` requests made by `request`, one at a time, each through a
+/// clone of `client` as a caller sharing it would.
+fn run<S, B>(client: S, request: fn() -> Request<B>, requests: u64)
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let upstream = tower::service_fn(|_req: Request<_>| {
-        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    });
-    let client = RetryLayer::new().layer(upstream);
     rt.block_on(async {
         for _ in 0..requests {
-            let request = Request::get("http://api.example/items/42")
-                .header("accept", "application/json")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            black_box(client.clone().oneshot(request).await.unwrap());
+            black_box(client.clone().oneshot(request()).await.unwrap());
         }
     });
 }

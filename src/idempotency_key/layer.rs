@@ -76,6 +76,7 @@ impl KeyConfig {
 impl IdempotencyKeyLayer {
     /// Keys POST and PATCH requests with `Idempotency-Key: <UUID v4>`.
     pub fn new() -> Self {
+        super::KeySlot::layer_made();
         IdempotencyKeyLayer {
             config: Arc::new(KeyConfig {
                 header: IDEMPOTENCY_KEY,

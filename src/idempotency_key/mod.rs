@@ -34,6 +34,7 @@ pub use service::SetIdempotencyKey;
 use http::{HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The `Idempotency-Key` header name.
@@ -198,7 +199,27 @@ impl std::error::Error for InvalidIdempotencyKey {}
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KeySlot(Arc<OnceLock<(HeaderName, IdempotencyKey)>>);
 
+/// Whether an [`IdempotencyKeyLayer`] has been made in this process. Until
+/// one is, no request can meet one and the retry layer gives none a slot:
+/// the slot and the extension map that carries it are most of what an
+/// unkeyed POST costs that layer. A layer is made before the requests that
+/// pass through it, and handed to them through whatever synchronises the
+/// two, so a relaxed flag is seen in time.
+static KEY_LAYER_MADE: AtomicBool = AtomicBool::new(false);
+
 impl KeySlot {
+    /// Records that an `IdempotencyKeyLayer` exists.
+    pub(crate) fn layer_made() {
+        KEY_LAYER_MADE.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a request may meet an `IdempotencyKeyLayer`, which is the
+    /// only reader of slots.
+    #[inline]
+    pub(crate) fn may_be_read() -> bool {
+        KEY_LAYER_MADE.load(Ordering::Relaxed)
+    }
+
     /// The key and its header name, once an attempt has been given one.
     pub(crate) fn get(&self) -> Option<&(HeaderName, IdempotencyKey)> {
         self.0.get()

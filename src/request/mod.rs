@@ -135,7 +135,8 @@ impl<B> KeyableRequest for http::Request<B> {
 
 /// A slot for the key an inner `IdempotencyKeyLayer` will choose, for a
 /// request that may need one and has none yet. Safe methods (GET, HEAD,
-/// OPTIONS, TRACE) never get a key, so they get no slot and pay nothing.
+/// OPTIONS, TRACE) never get a key, so they get no slot and pay nothing;
+/// nor does any request while no key layer exists.
 #[inline]
 fn key_slot_for(
     method: &Method,
@@ -145,12 +146,24 @@ fn key_slot_for(
     if matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) {
+    ) || !KeySlot::may_be_read()
+    {
         return None;
     }
-    let keyed = headers.contains_key(IDEMPOTENCY_KEY)
-        || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
+    let keyed =
+        has_key_header(headers) || extensions.is_some_and(|e| e.get::<IdempotencyKey>().is_some());
     (!keyed).then(KeySlot::default)
+}
+
+/// Whether `headers` hold an `Idempotency-Key`. A small map is scanned:
+/// comparing a few names costs less than hashing this one for a lookup.
+#[inline]
+fn has_key_header(headers: &HeaderMap) -> bool {
+    if headers.keys_len() <= 8 {
+        headers.keys().any(|name| *name == IDEMPOTENCY_KEY)
+    } else {
+        headers.contains_key(IDEMPOTENCY_KEY)
+    }
 }
 
 /// A response the retry layer can classify and annotate.
@@ -192,18 +205,22 @@ impl<B: http_body::Body> RetryRequest for http::Request<B> {
     fn into_attempt(self, replay_limit: usize) -> (Self::Attempt, Self::Template) {
         let (parts, body) = self.into_parts();
         let slot = key_slot_for(&parts.method, &parts.headers, Some(&parts.extensions));
+        // The first attempt gets the caller's own parts and the template the
+        // copy: a copied header map has no room left, and the layers below
+        // add headers (hyper-util's client a `Host`, `IdempotencyKeyLayer` its
+        // key), which in a copy would reallocate on every request.
+        let kept = parts.clone();
         let (first, handle) = ReplayBody::new(body, replay_limit);
-        let mut attempt_parts = parts.clone();
+        let mut attempt = http::Request::from_parts(parts, first);
         // Only attempts carry the slot: the template's extensions stay as the
         // caller left them, cheap to copy for each attempt.
         if let Some(slot) = &slot {
-            attempt_parts.extensions.insert(slot.clone());
+            attempt.extensions_mut().insert(slot.clone());
         }
-        let attempt = http::Request::from_parts(attempt_parts, first);
         (
             attempt,
             HttpTemplate {
-                parts,
+                parts: kept,
                 body: handle,
                 slot,
             },

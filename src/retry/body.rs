@@ -1,6 +1,7 @@
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,7 +55,9 @@ struct Shared<B> {
 }
 
 struct State<B> {
-    chunks: Vec<Bytes>,
+    /// Room for one chunk in place: a body sent in one frame (`Full`, most
+    /// bodies under the replay limit) is kept without an allocation.
+    chunks: SmallVec<[Bytes; 1]>,
     len: usize,
     trailers: Option<HeaderMap>,
     /// The unread rest of the original, handed back by a copy dropped before
@@ -108,7 +111,7 @@ impl<B: Body> ReplayBody<B> {
         let shared = Arc::new(Shared {
             limit,
             state: Mutex::new(State {
-                chunks: Vec::new(),
+                chunks: SmallVec::new(),
                 len: 0,
                 trailers: None,
                 rest: None,
@@ -231,7 +234,7 @@ impl<B: Body> ReplayBody<B> {
                                         "request body over the replay limit: it is sent once and not retried"
                                     );
                                     state.over_limit = true;
-                                    state.chunks = Vec::new();
+                                    state.chunks = SmallVec::new();
                                 }
                             }
                             Frame::data(bytes)

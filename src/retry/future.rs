@@ -37,8 +37,9 @@ pin_project! {
         // The failed attempt's result, kept through the delay only when the
         // body copy was still held below (a timed-out attempt's connection
         // may hand it back late): if the copy never comes back, the caller
-        // gets this rather than an error of the layer's own.
-        last: Option<Result<S::Response, BoxError>>,
+        // gets this rather than an error of the layer's own. Boxed: only a
+        // failure fills it, and the future is moved whole on every call.
+        last: Option<Box<Result<S::Response, BoxError>>>,
         last_verdict: Verdict,
         // The reconciler's probe while reconciling: boxed once more so that
         // it costs the future one pointer.
@@ -77,19 +78,29 @@ where
     S: Service<T::Attempt>,
     T: RequestTemplate,
 {
+    /// The first attempt's timer, if it has a timeout or a deadline.
+    #[inline(always)]
+    pub(crate) fn timer(
+        config: &RetryLayer<C>,
+        deadline: Option<Instant>,
+    ) -> Option<Pin<Box<Sleep>>> {
+        let mut timer = None;
+        if let Some(at) = attempt_ends(config.attempt_timeout, deadline) {
+            set_timer(&mut timer, at);
+        }
+        timer
+    }
+
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
         span: telemetry::AttemptSpan,
+        timer: Option<Pin<Box<Sleep>>>,
         service: S,
         template: T,
         config: Arc<RetryLayer<C>>,
         deadline: Option<Instant>,
     ) -> Self {
-        let mut timer = None;
-        if let Some(at) = attempt_ends(config.attempt_timeout, deadline) {
-            set_timer(&mut timer, at);
-        }
         ResponseFuture {
             state: State::Calling { future },
             span,
@@ -110,6 +121,7 @@ where
 
 /// When one attempt (or probe) must end: its timeout or the deadline,
 /// whichever comes first.
+#[inline]
 fn attempt_ends(timeout: Option<Duration>, deadline: Option<Instant>) -> Option<Instant> {
     let by_timeout = timeout.map(crate::time::after);
     match (by_timeout, deadline) {
@@ -210,10 +222,14 @@ where
                         let attempts = *this.attempt - 1;
                         let request = this.template.view().with_attempt(attempts);
                         let reason = GiveUpReason::ServiceNotReady;
-                        let parked = (&*this.template, this.last.as_ref());
+                        let parked = (&*this.template, this.last.as_deref());
                         let verdict = *this.last_verdict;
                         give_up(this.config, request, attempts, verdict, reason, parked);
-                        return Poll::Ready(this.last.take().unwrap_or_else(|| Err(error.into())));
+                        return Poll::Ready(
+                            this.last
+                                .take()
+                                .map_or_else(|| Err(error.into()), |last| *last),
+                        );
                     }
                     let request = match this.template.replay() {
                         Ok(request) => request,
@@ -222,11 +238,13 @@ where
                             let request = this.template.view().with_attempt(attempts);
                             let reason = GiveUpReason::NotReplayable(why);
                             let _attempt = this.span.enter();
-                            let parked = (&*this.template, this.last.as_ref());
+                            let parked = (&*this.template, this.last.as_deref());
                             let verdict = *this.last_verdict;
                             give_up(this.config, request, attempts, verdict, reason, parked);
                             return Poll::Ready(
-                                this.last.take().unwrap_or_else(|| Err(why.into())),
+                                this.last
+                                    .take()
+                                    .map_or_else(|| Err(why.into()), |last| *last),
                             );
                         }
                     };
@@ -304,7 +322,7 @@ where
                             Some(at) => set_timer(this.timer, at),
                             None => *this.timer = None,
                         }
-                        *this.last = Some(result);
+                        *this.last = Some(Box::new(result));
                         *this.last_verdict = verdict;
                         *this.probe = Some(Box::new(probe));
                         this.state.set(State::Reconciling);
@@ -346,10 +364,10 @@ where
     *this.probe = None;
     // The probe's answer and what follows belong to the probed attempt.
     let entered = this.span.enter();
-    let result = this
-        .last
-        .take()
-        .unwrap_or_else(|| Err("the reconciled attempt's result is gone".into()));
+    let result = this.last.take().map_or_else(
+        || Err("the reconciled attempt's result is gone".into()),
+        |last| *last,
+    );
     let request = this.template.view().with_attempt(*this.attempt);
     let verdict = match crate::reconcile::settle(this.config, &request, answer) {
         Settled::Applied => {
@@ -435,7 +453,7 @@ fn schedule_retry<S, T, C>(
         if let Ok(response) = &mut result {
             response.extensions_mut().insert(Attempts(*this.attempt));
         }
-        *this.last = Some(result);
+        *this.last = Some(Box::new(result));
     } else {
         drop(result);
     }

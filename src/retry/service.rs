@@ -99,27 +99,26 @@ where
         // for the next `poll_ready`.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let config = &*self.config;
+        // Everything that may unwind comes before the attempt is made: from
+        // there to the returned future, its parts are moved once, not kept
+        // in a second copy for the unwinding path (measured).
+        let config = self.config.clone();
         let deadline = config.deadline.map(crate::time::after);
-        let (attempt, template) = request.into_attempt(config.replay_limit);
-        let span = crate::telemetry::AttemptSpan::open(&template.view(), 1);
+        let timer = ResponseFuture::<S, R::Template, C>::timer(&config, deadline);
+        // The attempt and its template stay one tuple, used in place:
+        // destructuring it would copy both out once more (measured).
+        let first = request.into_attempt(config.replay_limit);
+        let span = crate::telemetry::AttemptSpan::open(&first.1.view(), 1);
         // Entered around the call, not through a closure or a block, either
         // of which would move the request or the future once more.
         let entered = span.enter();
-        let future = template.send(&mut service, attempt);
+        let future = first.1.send(&mut service, first.0);
         drop(entered);
         // Deposited once the attempt is on its way: no withdrawal can come
         // before its answer, and the attempt is not held up meanwhile.
         if let Some(budget) = &config.budget {
-            budget.deposit_for(template.view().uri());
+            budget.deposit_for(first.1.view().uri());
         }
-        ResponseFuture::new(
-            future,
-            span,
-            service,
-            template,
-            self.config.clone(),
-            deadline,
-        )
+        ResponseFuture::new(future, span, timer, service, first.1, config, deadline)
     }
 }
