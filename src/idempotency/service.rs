@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
 use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
-use super::future::ResponseFuture;
+use super::future::{KeyedWork, ResponseFuture};
 use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
@@ -136,7 +136,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
         let record = RecordKey::of_client(self.principal.principal(&parts).into_string(), key);
-        ResponseFuture::keyed(Box::pin(detached(
+        ResponseFuture::keyed(KeyedWork::new(Box::pin(
             run_keyed(
                 inner,
                 self.store.clone(),
@@ -147,34 +147,6 @@ where
             )
             .instrument(span),
         )))
-    }
-}
-
-/// Runs a claimed request to its end whatever happens to the caller.
-///
-/// Once a key is claimed, the handler's result must be stored (or the claim
-/// released), even when the request's future is dropped mid-handler because
-/// the client disconnected or a timeout above fired: otherwise the claim
-/// would sit until its lease ends and a later retry would run the handler a
-/// second time. So the work runs as its own task; a panic in it resumes in
-/// the caller, as if it had run inline. Outside a tokio runtime it runs
-/// inline.
-async fn detached<T, F>(work: F) -> T
-where
-    F: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return work.await;
-    };
-    match runtime.spawn(work).await {
-        Ok(output) => output,
-        Err(error) => match error.try_into_panic() {
-            Ok(payload) => std::panic::resume_unwind(payload),
-            // Cancelled only when the runtime shuts down, and then this
-            // future is dropped too: there is nobody left to answer.
-            Err(_) => std::future::pending().await,
-        },
     }
 }
 
