@@ -177,11 +177,16 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     ) -> Renewal<F::Output> {
         let period = (lease / 3).max(Duration::from_millis(1));
         let renew = || self.renew(lease);
-        let mut tick = pin!(tokio::time::sleep(period));
+        // Set on the work's first pending poll: work that finishes at once
+        // (most of it) never touches the timer.
+        let mut tick = pin!(None::<tokio::time::Sleep>);
         let mut renewal = pin!(none_of(&renew));
         poll_fn(move |cx: &mut Context<'_>| {
             if let Poll::Ready(output) = Pin::new(&mut work).poll(cx) {
                 return Poll::Ready(Renewal::Finished(output));
+            }
+            if tick.is_none() {
+                tick.set(Some(tokio::time::sleep(period)));
             }
             loop {
                 if let Some(pending) = renewal.as_mut().as_pin_mut() {
@@ -196,9 +201,13 @@ impl<St: IdempotencyStore> HeldClaim<St> {
                         }
                     }
                     renewal.set(None);
-                    tick.as_mut().reset(crate::time::after(period));
+                    if let Some(tick) = tick.as_mut().as_pin_mut() {
+                        tick.reset(crate::time::after(period));
+                    }
                 }
-                ready!(tick.as_mut().poll(cx));
+                if let Some(tick) = tick.as_mut().as_pin_mut() {
+                    ready!(tick.poll(cx));
+                }
                 renewal.set(Some(renew()));
             }
         })
