@@ -318,14 +318,15 @@ impl Fingerprint {
     /// through an absolute-form URI has the same fingerprint.
     pub fn of_request(method: &http::Method, uri: &http::Uri, body: &[u8]) -> Self {
         use sha2::{Digest, Sha256};
-        let body_hash = Sha256::digest(body);
-        let mut hasher = Sha256::new();
+        // One pass over everything, the body included: a separate digest of
+        // the body would cost two more compressions for a small request.
         // Length prefixes keep field boundaries unambiguous.
+        let mut hasher = Sha256::new();
         for field in [
             method.as_str().as_bytes(),
             uri.path().as_bytes(),
             uri.query().unwrap_or("").as_bytes(),
-            body_hash.as_slice(),
+            body,
         ] {
             hasher.update((field.len() as u64).to_be_bytes());
             hasher.update(field);
