@@ -319,18 +319,22 @@ impl Fingerprint {
     pub fn of_request(method: &http::Method, uri: &http::Uri, body: &[u8]) -> Self {
         use sha2::{Digest, Sha256};
         // One pass over everything, the body included: a separate digest of
-        // the body would cost two more compressions for a small request.
-        // Length prefixes keep field boundaries unambiguous.
+        // the body would cost two more compressions for a small request. The
+        // body comes last, so it needs no length; the other fields' lengths
+        // keep their boundaries unambiguous, and four bytes hold them (the
+        // `http` crate keeps a URI under 64 KiB, and no server reads a 4 GiB
+        // method), so up to 107 bytes of method, path, query and body take
+        // two compressions.
         let mut hasher = Sha256::new();
         for field in [
             method.as_str().as_bytes(),
             uri.path().as_bytes(),
             uri.query().unwrap_or("").as_bytes(),
-            body,
         ] {
-            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update((field.len() as u32).to_be_bytes());
             hasher.update(field);
         }
+        hasher.update(body);
         Self(hasher.finalize().into())
     }
 
