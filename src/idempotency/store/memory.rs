@@ -72,17 +72,18 @@ struct State {
     principals: HashMap<String, Usage>,
     next_token: u64,
     next_seq: u64,
-    records: HashMap<RecordKey, Record>,
+    // The indexes share one copy of each key.
+    records: HashMap<Arc<RecordKey>, Record>,
     // Every record by the instant it stops being live: expired records are
     // found without a scan.
-    by_expiry: BTreeMap<(Instant, u64), RecordKey>,
+    by_expiry: BTreeMap<(Instant, u64), Arc<RecordKey>>,
 }
 
 #[derive(Debug, Default)]
 struct Usage {
     in_flight: usize,
     // The principal's completed records, oldest completion first.
-    completed: BTreeMap<u64, RecordKey>,
+    completed: BTreeMap<u64, Arc<RecordKey>>,
 }
 
 impl Usage {
@@ -93,6 +94,7 @@ impl Usage {
 
 #[derive(Debug)]
 struct Record {
+    key: Arc<RecordKey>,
     fingerprint: Fingerprint,
     seq: u64,
     expires_at: Instant,
@@ -316,20 +318,30 @@ impl State {
         let expires_at = now
             .checked_add(lease)
             .unwrap_or_else(|| crate::time::after(lease));
-        self.by_expiry.insert((expires_at, seq), key.clone());
+        let shared = Arc::new(key.clone());
+        self.by_expiry.insert((expires_at, seq), shared.clone());
         self.records.insert(
-            key.clone(),
+            shared.clone(),
             Record {
+                key: shared,
                 fingerprint: *fingerprint,
                 seq,
                 expires_at,
                 state: RecordState::InFlight(token),
             },
         );
-        self.principals
-            .entry(key.principal().to_owned())
-            .or_default()
-            .in_flight += 1;
+        // Looked up before inserting: `entry` would copy the principal on
+        // every claim.
+        match self.principals.get_mut(key.principal()) {
+            Some(usage) => usage.in_flight += 1,
+            None => {
+                let usage = Usage {
+                    in_flight: 1,
+                    ..Usage::default()
+                };
+                self.principals.insert(key.principal().to_owned(), usage);
+            }
+        }
         Ok(Claim::Acquired(token))
     }
 
@@ -355,14 +367,15 @@ impl State {
         self.by_expiry.remove(&(record.expires_at, record.seq));
         record.seq = seq;
         record.expires_at = expires_at;
+        let shared = record.key.clone();
         if let Some(outcome) = completed {
             record.state = RecordState::Completed(outcome);
             if let Some(usage) = self.principals.get_mut(key.principal()) {
                 usage.in_flight -= 1;
-                usage.completed.insert(seq, key.clone());
+                usage.completed.insert(seq, shared.clone());
             }
         }
-        self.by_expiry.insert((expires_at, seq), key.clone());
+        self.by_expiry.insert((expires_at, seq), shared);
     }
 }
 
