@@ -101,6 +101,13 @@ struct Record {
     state: RecordState,
 }
 
+impl Record {
+    /// Whether `token` holds this record's lease at `now`.
+    fn is_held(&self, token: FencingToken, now: Instant) -> bool {
+        self.expires_at > now && matches!(self.state, RecordState::InFlight(held) if held == token)
+    }
+}
+
 #[derive(Debug)]
 enum RecordState {
     InFlight(FencingToken),
@@ -349,22 +356,30 @@ impl State {
     fn held(&mut self, key: &RecordKey, token: FencingToken) -> Result<&mut Record, StoreError> {
         let now = Instant::now();
         match self.records.get_mut(key) {
-            Some(record)
-                if record.expires_at > now
-                    && matches!(record.state, RecordState::InFlight(held) if held == token) =>
-            {
-                Ok(record)
-            }
+            Some(record) if record.is_held(token, now) => Ok(record),
             _ => Err(StoreError::LeaseLost),
         }
     }
 
-    fn set_expiry(&mut self, key: &RecordKey, expires_at: Instant, completed: Option<Outcome>) {
+    /// Moves the record `token` holds to live for `live_for` from now,
+    /// completed with `completed` if given; one lookup of the record.
+    fn extend(
+        &mut self,
+        key: &RecordKey,
+        token: FencingToken,
+        live_for: Duration,
+        completed: Option<Outcome>,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
         let seq = self.next_seq();
-        let Some(record) = self.records.get_mut(key) else {
-            return;
+        let record = match self.records.get_mut(key) {
+            Some(record) if record.is_held(token, now) => record,
+            _ => return Err(StoreError::LeaseLost),
         };
         self.by_expiry.remove(&(record.expires_at, record.seq));
+        let expires_at = now
+            .checked_add(live_for)
+            .unwrap_or_else(|| crate::time::after(live_for));
         record.seq = seq;
         record.expires_at = expires_at;
         let shared = record.key.clone();
@@ -376,6 +391,7 @@ impl State {
             }
         }
         self.by_expiry.insert((expires_at, seq), shared);
+        Ok(())
     }
 }
 
@@ -396,10 +412,7 @@ impl IdempotencyStore for MemoryStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.held(key, token)?;
-        state.set_expiry(key, crate::time::after(ttl), Some(outcome));
-        Ok(())
+        self.lock().extend(key, token, ttl, Some(outcome))
     }
 
     async fn renew(
@@ -408,10 +421,7 @@ impl IdempotencyStore for MemoryStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.held(key, token)?;
-        state.set_expiry(key, crate::time::after(lease), None);
-        Ok(())
+        self.lock().extend(key, token, lease, None)
     }
 
     async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
