@@ -9,7 +9,7 @@ use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{Either, Full};
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -222,10 +222,50 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(too_large);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(too_large),
-        Err(_) => Err(Problem::RequestUnreadable),
+    let mut body = pin!(body);
+    let mut read = Joined::default();
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|_| Problem::RequestUnreadable)?;
+        // Trailers are not part of what the request asked for.
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > limit {
+                return Err(too_large);
+            }
+            read.push(data);
+        }
+    }
+    Ok(read.into_bytes())
+}
+
+/// Data read frame by frame, as one `Bytes`: a body that came in one frame
+/// (most do) is kept as it is, without a copy.
+#[derive(Default)]
+struct Joined {
+    first: Bytes,
+    // Only once a second frame came.
+    more: Option<BytesMut>,
+}
+
+impl Joined {
+    fn len(&self) -> usize {
+        self.more.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn push(&mut self, data: Bytes) {
+        match &mut self.more {
+            Some(all) => all.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut all = BytesMut::with_capacity(self.first.len() + data.len());
+                all.extend_from_slice(&self.first);
+                all.extend_from_slice(&data);
+                self.more = Some(all);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.more.map_or(self.first, BytesMut::freeze)
     }
 }
 
@@ -342,8 +382,12 @@ fn stored_by_default(status: StatusCode, store_server_errors: bool) -> bool {
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap) {
-    for name in &CONNECTION_HEADERS {
-        headers.remove(name);
+    // Seldom is one there: a pass over the names finds out without hashing
+    // each of them.
+    if headers.keys().any(|name| CONNECTION_HEADERS.contains(name)) {
+        for name in &CONNECTION_HEADERS {
+            headers.remove(name);
+        }
     }
 }
 
@@ -362,38 +406,32 @@ where
 {
     // Boxed so that the unread rest can be handed on after a partial read.
     let mut body = Box::pin(body);
-    let mut read = VecDeque::new();
-    let mut len = 0;
+    let mut read = Joined::default();
+    // What was read, as frames, for a body that cannot be stored after all.
+    let read_frames = |read: Joined| {
+        let data = read.into_bytes();
+        let mut frames = VecDeque::with_capacity(2);
+        if !data.is_empty() {
+            frames.push_back(Frame::data(data));
+        }
+        frames
+    };
     loop {
         match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => return Buffered::Complete(concat(read)),
-            Some(Ok(frame)) => {
-                let is_data = frame.is_data();
-                len += frame.data_ref().map_or(0, Bytes::len);
-                read.push_back(frame);
-                if !is_data || len > max_body {
-                    return Buffered::Unstorable(ResponseBody::resumed(read, Some(body), None));
+            None => return Buffered::Complete(read.into_bytes()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if read.len() + data.len() <= max_body => read.push(data),
+                // Over `max_body`, or trailers.
+                frame => {
+                    let mut frames = read_frames(read);
+                    frames.push_back(frame.map_or_else(|trailers| trailers, Frame::data));
+                    return Buffered::Unstorable(ResponseBody::resumed(frames, Some(body), None));
                 }
-            }
+            },
             Some(Err(err)) => {
-                return Buffered::Failed(ResponseBody::resumed(read, None, Some(err.into())));
+                let frames = read_frames(read);
+                return Buffered::Failed(ResponseBody::resumed(frames, None, Some(err.into())));
             }
         }
     }
-}
-
-fn concat(frames: VecDeque<Frame<Bytes>>) -> Bytes {
-    let mut chunks = frames
-        .into_iter()
-        .filter_map(|frame| frame.into_data().ok());
-    let Some(first) = chunks.next() else {
-        return Bytes::new();
-    };
-    let Some(second) = chunks.next() else {
-        return first;
-    };
-    let mut all = BytesMut::from(&first[..]);
-    all.extend_from_slice(&second);
-    chunks.for_each(|chunk| all.extend_from_slice(&chunk));
-    all.freeze()
 }
