@@ -24,8 +24,9 @@ use super::problem::Problem;
 use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError, StoredResponse};
 use crate::telemetry::{self, ServerOutcome};
 
-/// The response header marking a replayed result.
-const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The response header marking a replayed result (a `HeaderName`: from a
+/// `&str` it would be parsed and copied on every replay).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Connection-level headers: they describe one transfer, not the result, so
 /// they are not stored.
