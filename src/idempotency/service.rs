@@ -136,7 +136,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        let record = RecordKey::of_client(self.principal.principal(&parts).into_string(), key);
+        let record = RecordKey::of_client(self.principal.principal(&parts).into_cow(), key);
         ResponseFuture::keyed(KeyedWork::new(Box::pin(
             run_keyed(
                 inner,

@@ -34,6 +34,7 @@ pub(crate) use self::redis::parse_claim as parse_redis_claim;
 pub(crate) use self::redis::{connect_manager, within};
 pub use memory::MemoryStore;
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -216,7 +217,9 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
 /// ```
 #[derive(Clone, Debug)]
 pub struct RecordKey {
-    principal: String,
+    // Borrowed for a principal every request shares, such as
+    // `Principal::anonymous`: no copy per request.
+    principal: Cow<'static, str>,
     key: String,
     // Whether the principal is a client, subject to a store's quotas (see
     // `MemoryStore`); a `Once` scope is not. Not part of the identity.
@@ -253,7 +256,7 @@ impl RecordKey {
     /// A record key from a principal and an idempotency key.
     pub fn new(principal: impl Into<String>, key: impl Into<String>) -> Self {
         Self {
-            principal: principal.into(),
+            principal: Cow::Owned(principal.into()),
             key: key.into(),
             client: false,
         }
@@ -261,10 +264,11 @@ impl RecordKey {
 
     /// The key of a request from a client, whose principal a store may hold
     /// to quotas.
-    pub(crate) fn of_client(principal: impl Into<String>, key: impl Into<String>) -> Self {
+    pub(crate) fn of_client(principal: Cow<'static, str>, key: String) -> Self {
         Self {
+            principal,
+            key,
             client: true,
-            ..Self::new(principal, key)
         }
     }
 
