@@ -223,12 +223,19 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     /// duplicates get it from there), and the completion is tried again in
     /// the background, renewing the lease in between, for as long as the
     /// lease surely holds. The caller gets its answer without waiting for
-    /// the store to come back.
-    pub(crate) async fn complete(mut self, outcome: Outcome, ttl: Duration) {
+    /// the store to come back. `again` makes the outcome anew for that: it
+    /// is called only when the store failed, so a completion that succeeds
+    /// copies nothing.
+    pub(crate) async fn complete(
+        mut self,
+        outcome: Outcome,
+        again: impl FnOnce() -> Outcome,
+        ttl: Duration,
+    ) {
         self.settled = true;
         match self
             .store
-            .complete(&self.record, self.token, outcome.clone(), ttl)
+            .complete(&self.record, self.token, outcome, ttl)
             .await
         {
             Ok(()) => return,
@@ -241,10 +248,11 @@ impl<St: IdempotencyStore> HeldClaim<St> {
             }
             Err(err) => {
                 tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; keeping it in this process and trying again");
-                self.kept
-                    .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
             }
         }
+        let outcome = again();
+        self.kept
+            .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
         let retry = self.complete_again(outcome, ttl);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(retry)),

@@ -207,8 +207,15 @@ where
             held.release().await;
             Ok(response)
         }
-        Ok(Executed::Store(response, outcome)) => {
-            held.complete(outcome, config.ttl).await;
+        Ok(Executed::Stored(parts, body)) => {
+            let stored = || Outcome::Response(stored_response(&parts, &body));
+            held.complete(stored(), stored, config.ttl).await;
+            Ok(Response::from_parts(parts, ResponseBody::full(body)))
+        }
+        Ok(Executed::NotStored(response)) => {
+            let status = response.status();
+            let not_stored = move || Outcome::NotStored { status };
+            held.complete(not_stored(), not_stored, config.ttl).await;
             Ok(response)
         }
     }
@@ -319,8 +326,22 @@ fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
 
 /// What to do with the claim once the handler has answered.
 enum Executed<B> {
-    Store(Response<ResponseBody<B>>, Outcome),
+    /// Store the response, read whole: its parts and body.
+    Stored(http::response::Parts, Bytes),
+    /// Store that the request ran, but not its response.
+    NotStored(Response<ResponseBody<B>>),
     Release(Response<ResponseBody<B>>),
+}
+
+/// The stored form of a response read whole.
+fn stored_response(parts: &http::response::Parts, body: &Bytes) -> StoredResponse {
+    let mut headers = parts.headers.clone();
+    strip_connection_headers(&mut headers);
+    StoredResponse {
+        status: parts.status,
+        headers,
+        body: body.clone(),
+    }
 }
 
 async fn execute<S, ReqBody, ResBody>(
@@ -346,28 +367,14 @@ where
         return Ok(Executed::Release(response.map(ResponseBody::inner)));
     }
     let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let not_stored = Outcome::NotStored { status };
     let max_body = config.max_body;
     if body.size_hint().lower() > max_body as u64 {
         let response = Response::from_parts(parts, ResponseBody::inner(body));
-        return Ok(Executed::Store(response, not_stored));
+        return Ok(Executed::NotStored(response));
     }
     Ok(match buffer(body, max_body).await {
-        Buffered::Complete(bytes) => {
-            let mut headers = parts.headers.clone();
-            strip_connection_headers(&mut headers);
-            let stored = StoredResponse {
-                status,
-                headers,
-                body: bytes.clone(),
-            };
-            let response = Response::from_parts(parts, ResponseBody::full(bytes));
-            Executed::Store(response, Outcome::Response(stored))
-        }
-        Buffered::Unstorable(body) => {
-            Executed::Store(Response::from_parts(parts, body), not_stored)
-        }
+        Buffered::Complete(bytes) => Executed::Stored(parts, bytes),
+        Buffered::Unstorable(body) => Executed::NotStored(Response::from_parts(parts, body)),
         Buffered::Failed(body) => Executed::Release(Response::from_parts(parts, body)),
     })
 }
