@@ -67,7 +67,11 @@ async fn run(mode: &str, requests: u64) {
             let (app, cookie) = server_app::axum_idempotent().await;
             (app, Some(cookie), Some("idempotency-replayed"))
         }
-        _ => (server_app::tower_reissue(), None, Some("idempotent-replayed")),
+        _ => (
+            server_app::tower_reissue(),
+            None,
+            Some("idempotent-replayed"),
+        ),
     };
     let cookie = cookie.as_ref();
     match mode {
