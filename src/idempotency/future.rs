@@ -141,3 +141,56 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::{Future, ready};
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{Either, Full};
+    use tower::{Layer, Service};
+
+    use crate::{IdempotencyLayer, MemoryStore};
+
+    type Body = Either<Full<Bytes>, Full<Bytes>>;
+
+    fn keyed() -> Request<Full<Bytes>> {
+        Request::post("/orders")
+            .header("idempotency-key", "k-1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
+    // No tokio runtime here: work that finishes at once needs none, and
+    // work dropped unpolled has nowhere to go and is dropped quietly.
+    #[test]
+    fn outside_a_runtime_work_runs_inline_or_is_dropped() {
+        let store = MemoryStore::new();
+        let handler = tower::service_fn(|_request: Request<Body>| {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"created")));
+            *response.status_mut() = StatusCode::CREATED;
+            ready(Ok::<_, Infallible>(response))
+        });
+        let mut service = IdempotencyLayer::new(store.clone()).layer(handler);
+        let mut cx = Context::from_waker(Waker::noop());
+
+        drop(service.call(keyed()));
+        assert!(store.is_empty(), "unpolled work claims nothing");
+
+        for replayed in [false, true] {
+            let Poll::Ready(Ok(response)) = pin!(service.call(keyed())).poll(&mut cx) else {
+                panic!("work that finishes at once answers on the first poll");
+            };
+            assert_eq!(response.status(), StatusCode::CREATED);
+            assert_eq!(
+                response.headers().contains_key("idempotent-replayed"),
+                replayed
+            );
+        }
+        assert_eq!(store.len(), 1);
+    }
+}
