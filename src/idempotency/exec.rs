@@ -177,11 +177,16 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     ) -> Renewal<F::Output> {
         let period = (lease / 3).max(Duration::from_millis(1));
         let renew = || self.renew(lease);
-        let mut tick = pin!(tokio::time::sleep(period));
+        // Set on the work's first pending poll: work that finishes at once
+        // (most of it) never touches the timer.
+        let mut tick = pin!(None::<tokio::time::Sleep>);
         let mut renewal = pin!(none_of(&renew));
         poll_fn(move |cx: &mut Context<'_>| {
             if let Poll::Ready(output) = Pin::new(&mut work).poll(cx) {
                 return Poll::Ready(Renewal::Finished(output));
+            }
+            if tick.is_none() {
+                tick.set(Some(tokio::time::sleep(period)));
             }
             loop {
                 if let Some(pending) = renewal.as_mut().as_pin_mut() {
@@ -196,9 +201,13 @@ impl<St: IdempotencyStore> HeldClaim<St> {
                         }
                     }
                     renewal.set(None);
-                    tick.as_mut().reset(crate::time::after(period));
+                    if let Some(tick) = tick.as_mut().as_pin_mut() {
+                        tick.reset(crate::time::after(period));
+                    }
                 }
-                ready!(tick.as_mut().poll(cx));
+                if let Some(tick) = tick.as_mut().as_pin_mut() {
+                    ready!(tick.poll(cx));
+                }
                 renewal.set(Some(renew()));
             }
         })
@@ -214,12 +223,19 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     /// duplicates get it from there), and the completion is tried again in
     /// the background, renewing the lease in between, for as long as the
     /// lease surely holds. The caller gets its answer without waiting for
-    /// the store to come back.
-    pub(crate) async fn complete(mut self, outcome: Outcome, ttl: Duration) {
+    /// the store to come back. `again` makes the outcome anew for that: it
+    /// is called only when the store failed, so a completion that succeeds
+    /// copies nothing.
+    pub(crate) async fn complete(
+        mut self,
+        outcome: Outcome,
+        again: impl FnOnce() -> Outcome,
+        ttl: Duration,
+    ) {
         self.settled = true;
         match self
             .store
-            .complete(&self.record, self.token, outcome.clone(), ttl)
+            .complete(&self.record, self.token, outcome, ttl)
             .await
         {
             Ok(()) => return,
@@ -232,10 +248,11 @@ impl<St: IdempotencyStore> HeldClaim<St> {
             }
             Err(err) => {
                 tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; keeping it in this process and trying again");
-                self.kept
-                    .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
             }
         }
+        let outcome = again();
+        self.kept
+            .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
         let retry = self.complete_again(outcome, ttl);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(retry)),

@@ -1,5 +1,7 @@
 //! Who a request is from, so one client never sees another's stored reply.
 
+use std::borrow::Cow;
+
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
@@ -18,18 +20,24 @@ use sha2::{Digest, Sha256};
 /// assert_eq!(Principal::new("tenant-7").as_str(), "tenant-7");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Principal(String);
+pub struct Principal(Cow<'static, str>);
 
 impl Principal {
     /// A principal with this identifier (a user or tenant id, for example).
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Cow::Owned(id.into()))
     }
 
     /// A principal derived from a credential: the hex SHA-256 of `credentials`.
     pub fn from_credentials(credentials: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(credentials);
-        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
+        let mut hex = String::with_capacity(2 * digest.len());
+        for byte in digest {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        Self(Cow::Owned(hex))
     }
 
     /// The principal of requests without credentials.
@@ -39,7 +47,7 @@ impl Principal {
     /// assert_eq!(Principal::anonymous().as_str(), "anonymous");
     /// ```
     pub fn anonymous() -> Self {
-        Self("anonymous".to_owned())
+        Self(Cow::Borrowed("anonymous"))
     }
 
     /// The identifier.
@@ -47,7 +55,7 @@ impl Principal {
         &self.0
     }
 
-    pub(crate) fn into_string(self) -> String {
+    pub(crate) fn into_cow(self) -> Cow<'static, str> {
         self.0
     }
 }
@@ -113,5 +121,24 @@ impl PrincipalExtractor for AuthorizationPrincipal {
             .map_or_else(Principal::anonymous, |value| {
                 Principal::from_credentials(value.as_bytes())
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_give_the_lowercase_hex_of_their_sha256() {
+        let credentials = b"Bearer alice";
+        let expected: String = Sha256::digest(credentials)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(Principal::from_credentials(credentials).as_str(), expected);
+        assert_eq!(
+            Principal::from_credentials(b"").as_str(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,14 +9,14 @@ use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{Either, Full};
 use tower_service::Service;
 use tracing::Instrument;
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
 use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
-use super::future::ResponseFuture;
+use super::future::{KeyedWork, ResponseFuture};
 use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
@@ -24,8 +24,9 @@ use super::problem::Problem;
 use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError, StoredResponse};
 use crate::telemetry::{self, ServerOutcome};
 
-/// The response header marking a replayed result.
-const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The response header marking a replayed result (a `HeaderName`: from a
+/// `&str` it would be parsed and copied on every replay).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Connection-level headers: they describe one transfer, not the result, so
 /// they are not stored.
@@ -135,8 +136,8 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
-        let record = RecordKey::of_client(self.principal.principal(&parts).into_string(), key);
-        ResponseFuture::keyed(Box::pin(detached(
+        let record = RecordKey::of_client(self.principal.principal(&parts).into_cow(), key);
+        ResponseFuture::keyed(KeyedWork::new(Box::pin(
             run_keyed(
                 inner,
                 self.store.clone(),
@@ -147,34 +148,6 @@ where
             )
             .instrument(span),
         )))
-    }
-}
-
-/// Runs a claimed request to its end whatever happens to the caller.
-///
-/// Once a key is claimed, the handler's result must be stored (or the claim
-/// released), even when the request's future is dropped mid-handler because
-/// the client disconnected or a timeout above fired: otherwise the claim
-/// would sit until its lease ends and a later retry would run the handler a
-/// second time. So the work runs as its own task; a panic in it resumes in
-/// the caller, as if it had run inline. Outside a tokio runtime it runs
-/// inline.
-async fn detached<T, F>(work: F) -> T
-where
-    F: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return work.await;
-    };
-    match runtime.spawn(work).await {
-        Ok(output) => output,
-        Err(error) => match error.try_into_panic() {
-            Ok(payload) => std::panic::resume_unwind(payload),
-            // Cancelled only when the runtime shuts down, and then this
-            // future is dropped too: there is nobody left to answer.
-            Err(_) => std::future::pending().await,
-        },
     }
 }
 
@@ -234,8 +207,15 @@ where
             held.release().await;
             Ok(response)
         }
-        Ok(Executed::Store(response, outcome)) => {
-            held.complete(outcome, config.ttl).await;
+        Ok(Executed::Stored(parts, body)) => {
+            let stored = || Outcome::Response(stored_response(&parts, &body));
+            held.complete(stored(), stored, config.ttl).await;
+            Ok(Response::from_parts(parts, ResponseBody::full(body)))
+        }
+        Ok(Executed::NotStored(response)) => {
+            let status = response.status();
+            let not_stored = move || Outcome::NotStored { status };
+            held.complete(not_stored(), not_stored, config.ttl).await;
             Ok(response)
         }
     }
@@ -250,10 +230,50 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(too_large);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(too_large),
-        Err(_) => Err(Problem::RequestUnreadable),
+    let mut body = pin!(body);
+    let mut read = Joined::default();
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|_| Problem::RequestUnreadable)?;
+        // Trailers are not part of what the request asked for.
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > limit {
+                return Err(too_large);
+            }
+            read.push(data);
+        }
+    }
+    Ok(read.into_bytes())
+}
+
+/// Data read frame by frame, as one `Bytes`: a body that came in one frame
+/// (most do) is kept as it is, without a copy.
+#[derive(Default)]
+struct Joined {
+    first: Bytes,
+    // Only once a second frame came.
+    more: Option<BytesMut>,
+}
+
+impl Joined {
+    fn len(&self) -> usize {
+        self.more.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn push(&mut self, data: Bytes) {
+        match &mut self.more {
+            Some(all) => all.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut all = BytesMut::with_capacity(self.first.len() + data.len());
+                all.extend_from_slice(&self.first);
+                all.extend_from_slice(&data);
+                self.more = Some(all);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.more.map_or(self.first, BytesMut::freeze)
     }
 }
 
@@ -306,8 +326,22 @@ fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
 
 /// What to do with the claim once the handler has answered.
 enum Executed<B> {
-    Store(Response<ResponseBody<B>>, Outcome),
+    /// Store the response, read whole: its parts and body.
+    Stored(http::response::Parts, Bytes),
+    /// Store that the request ran, but not its response.
+    NotStored(Response<ResponseBody<B>>),
     Release(Response<ResponseBody<B>>),
+}
+
+/// The stored form of a response read whole.
+fn stored_response(parts: &http::response::Parts, body: &Bytes) -> StoredResponse {
+    let mut headers = parts.headers.clone();
+    strip_connection_headers(&mut headers);
+    StoredResponse {
+        status: parts.status,
+        headers,
+        body: body.clone(),
+    }
 }
 
 async fn execute<S, ReqBody, ResBody>(
@@ -333,28 +367,14 @@ where
         return Ok(Executed::Release(response.map(ResponseBody::inner)));
     }
     let (parts, body) = response.into_parts();
-    let status = parts.status;
-    let not_stored = Outcome::NotStored { status };
     let max_body = config.max_body;
     if body.size_hint().lower() > max_body as u64 {
         let response = Response::from_parts(parts, ResponseBody::inner(body));
-        return Ok(Executed::Store(response, not_stored));
+        return Ok(Executed::NotStored(response));
     }
     Ok(match buffer(body, max_body).await {
-        Buffered::Complete(bytes) => {
-            let mut headers = parts.headers.clone();
-            strip_connection_headers(&mut headers);
-            let stored = StoredResponse {
-                status,
-                headers,
-                body: bytes.clone(),
-            };
-            let response = Response::from_parts(parts, ResponseBody::full(bytes));
-            Executed::Store(response, Outcome::Response(stored))
-        }
-        Buffered::Unstorable(body) => {
-            Executed::Store(Response::from_parts(parts, body), not_stored)
-        }
+        Buffered::Complete(bytes) => Executed::Stored(parts, bytes),
+        Buffered::Unstorable(body) => Executed::NotStored(Response::from_parts(parts, body)),
         Buffered::Failed(body) => Executed::Release(Response::from_parts(parts, body)),
     })
 }
@@ -370,8 +390,12 @@ fn stored_by_default(status: StatusCode, store_server_errors: bool) -> bool {
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap) {
-    for name in &CONNECTION_HEADERS {
-        headers.remove(name);
+    // Seldom is one there: a pass over the names finds out without hashing
+    // each of them.
+    if headers.keys().any(|name| CONNECTION_HEADERS.contains(name)) {
+        for name in &CONNECTION_HEADERS {
+            headers.remove(name);
+        }
     }
 }
 
@@ -390,38 +414,32 @@ where
 {
     // Boxed so that the unread rest can be handed on after a partial read.
     let mut body = Box::pin(body);
-    let mut read = VecDeque::new();
-    let mut len = 0;
+    let mut read = Joined::default();
+    // What was read, as frames, for a body that cannot be stored after all.
+    let read_frames = |read: Joined| {
+        let data = read.into_bytes();
+        let mut frames = VecDeque::with_capacity(2);
+        if !data.is_empty() {
+            frames.push_back(Frame::data(data));
+        }
+        frames
+    };
     loop {
         match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => return Buffered::Complete(concat(read)),
-            Some(Ok(frame)) => {
-                let is_data = frame.is_data();
-                len += frame.data_ref().map_or(0, Bytes::len);
-                read.push_back(frame);
-                if !is_data || len > max_body {
-                    return Buffered::Unstorable(ResponseBody::resumed(read, Some(body), None));
+            None => return Buffered::Complete(read.into_bytes()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if read.len() + data.len() <= max_body => read.push(data),
+                // Over `max_body`, or trailers.
+                frame => {
+                    let mut frames = read_frames(read);
+                    frames.push_back(frame.map_or_else(|trailers| trailers, Frame::data));
+                    return Buffered::Unstorable(ResponseBody::resumed(frames, Some(body), None));
                 }
-            }
+            },
             Some(Err(err)) => {
-                return Buffered::Failed(ResponseBody::resumed(read, None, Some(err.into())));
+                let frames = read_frames(read);
+                return Buffered::Failed(ResponseBody::resumed(frames, None, Some(err.into())));
             }
         }
     }
-}
-
-fn concat(frames: VecDeque<Frame<Bytes>>) -> Bytes {
-    let mut chunks = frames
-        .into_iter()
-        .filter_map(|frame| frame.into_data().ok());
-    let Some(first) = chunks.next() else {
-        return Bytes::new();
-    };
-    let Some(second) = chunks.next() else {
-        return first;
-    };
-    let mut all = BytesMut::from(&first[..]);
-    all.extend_from_slice(&second);
-    chunks.for_each(|chunk| all.extend_from_slice(&chunk));
-    all.freeze()
 }

@@ -88,6 +88,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -236,18 +237,21 @@ impl<St: IdempotencyStore> Once<St> {
         match result {
             Ok(value) => match serde_json::to_vec(&value) {
                 Ok(json) => {
-                    held.complete(Outcome::Value(json.into()), self.ttl).await;
+                    let json = Bytes::from(json);
+                    let outcome = || Outcome::Value(json.clone());
+                    held.complete(outcome(), outcome, self.ttl).await;
                     Ok(Ran::Executed(value))
                 }
                 Err(error) => {
                     let message = format!("its value could not be encoded: {error}");
-                    held.complete(Outcome::Failed(message), self.ttl).await;
+                    let outcome = || Outcome::Failed(message.clone());
+                    held.complete(outcome(), outcome, self.ttl).await;
                     Err(OnceError::Encode(error))
                 }
             },
             Err(Failure { error, store: true }) => {
-                held.complete(Outcome::Failed(error.to_string()), self.ttl)
-                    .await;
+                let outcome = || Outcome::Failed(error.to_string());
+                held.complete(outcome(), outcome, self.ttl).await;
                 Err(OnceError::Failed(error))
             }
             Err(Failure {

@@ -72,17 +72,18 @@ struct State {
     principals: HashMap<String, Usage>,
     next_token: u64,
     next_seq: u64,
-    records: HashMap<RecordKey, Record>,
+    // The indexes share one copy of each key.
+    records: HashMap<Arc<RecordKey>, Record>,
     // Every record by the instant it stops being live: expired records are
     // found without a scan.
-    by_expiry: BTreeMap<(Instant, u64), RecordKey>,
+    by_expiry: BTreeMap<(Instant, u64), Arc<RecordKey>>,
 }
 
 #[derive(Debug, Default)]
 struct Usage {
     in_flight: usize,
     // The principal's completed records, oldest completion first.
-    completed: BTreeMap<u64, RecordKey>,
+    completed: BTreeMap<u64, Arc<RecordKey>>,
 }
 
 impl Usage {
@@ -93,10 +94,18 @@ impl Usage {
 
 #[derive(Debug)]
 struct Record {
+    key: Arc<RecordKey>,
     fingerprint: Fingerprint,
     seq: u64,
     expires_at: Instant,
     state: RecordState,
+}
+
+impl Record {
+    /// Whether `token` holds this record's lease at `now`.
+    fn is_held(&self, token: FencingToken, now: Instant) -> bool {
+        self.expires_at > now && matches!(self.state, RecordState::InFlight(held) if held == token)
+    }
 }
 
 #[derive(Debug)]
@@ -316,20 +325,30 @@ impl State {
         let expires_at = now
             .checked_add(lease)
             .unwrap_or_else(|| crate::time::after(lease));
-        self.by_expiry.insert((expires_at, seq), key.clone());
+        let shared = Arc::new(key.clone());
+        self.by_expiry.insert((expires_at, seq), shared.clone());
         self.records.insert(
-            key.clone(),
+            shared.clone(),
             Record {
+                key: shared,
                 fingerprint: *fingerprint,
                 seq,
                 expires_at,
                 state: RecordState::InFlight(token),
             },
         );
-        self.principals
-            .entry(key.principal().to_owned())
-            .or_default()
-            .in_flight += 1;
+        // Looked up before inserting: `entry` would copy the principal on
+        // every claim.
+        match self.principals.get_mut(key.principal()) {
+            Some(usage) => usage.in_flight += 1,
+            None => {
+                let usage = Usage {
+                    in_flight: 1,
+                    ..Usage::default()
+                };
+                self.principals.insert(key.principal().to_owned(), usage);
+            }
+        }
         Ok(Claim::Acquired(token))
     }
 
@@ -337,32 +356,42 @@ impl State {
     fn held(&mut self, key: &RecordKey, token: FencingToken) -> Result<&mut Record, StoreError> {
         let now = Instant::now();
         match self.records.get_mut(key) {
-            Some(record)
-                if record.expires_at > now
-                    && matches!(record.state, RecordState::InFlight(held) if held == token) =>
-            {
-                Ok(record)
-            }
+            Some(record) if record.is_held(token, now) => Ok(record),
             _ => Err(StoreError::LeaseLost),
         }
     }
 
-    fn set_expiry(&mut self, key: &RecordKey, expires_at: Instant, completed: Option<Outcome>) {
+    /// Moves the record `token` holds to live for `live_for` from now,
+    /// completed with `completed` if given; one lookup of the record.
+    fn extend(
+        &mut self,
+        key: &RecordKey,
+        token: FencingToken,
+        live_for: Duration,
+        completed: Option<Outcome>,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
         let seq = self.next_seq();
-        let Some(record) = self.records.get_mut(key) else {
-            return;
+        let record = match self.records.get_mut(key) {
+            Some(record) if record.is_held(token, now) => record,
+            _ => return Err(StoreError::LeaseLost),
         };
         self.by_expiry.remove(&(record.expires_at, record.seq));
+        let expires_at = now
+            .checked_add(live_for)
+            .unwrap_or_else(|| crate::time::after(live_for));
         record.seq = seq;
         record.expires_at = expires_at;
+        let shared = record.key.clone();
         if let Some(outcome) = completed {
             record.state = RecordState::Completed(outcome);
             if let Some(usage) = self.principals.get_mut(key.principal()) {
                 usage.in_flight -= 1;
-                usage.completed.insert(seq, key.clone());
+                usage.completed.insert(seq, shared.clone());
             }
         }
-        self.by_expiry.insert((expires_at, seq), key.clone());
+        self.by_expiry.insert((expires_at, seq), shared);
+        Ok(())
     }
 }
 
@@ -383,10 +412,7 @@ impl IdempotencyStore for MemoryStore {
         outcome: Outcome,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.held(key, token)?;
-        state.set_expiry(key, crate::time::after(ttl), Some(outcome));
-        Ok(())
+        self.lock().extend(key, token, ttl, Some(outcome))
     }
 
     async fn renew(
@@ -395,10 +421,7 @@ impl IdempotencyStore for MemoryStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.held(key, token)?;
-        state.set_expiry(key, crate::time::after(lease), None);
-        Ok(())
+        self.lock().extend(key, token, lease, None)
     }
 
     async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {

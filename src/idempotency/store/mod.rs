@@ -34,6 +34,7 @@ pub(crate) use self::redis::parse_claim as parse_redis_claim;
 pub(crate) use self::redis::{connect_manager, within};
 pub use memory::MemoryStore;
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -216,7 +217,9 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
 /// ```
 #[derive(Clone, Debug)]
 pub struct RecordKey {
-    principal: String,
+    // Borrowed for a principal every request shares, such as
+    // `Principal::anonymous`: no copy per request.
+    principal: Cow<'static, str>,
     key: String,
     // Whether the principal is a client, subject to a store's quotas (see
     // `MemoryStore`); a `Once` scope is not. Not part of the identity.
@@ -253,7 +256,7 @@ impl RecordKey {
     /// A record key from a principal and an idempotency key.
     pub fn new(principal: impl Into<String>, key: impl Into<String>) -> Self {
         Self {
-            principal: principal.into(),
+            principal: Cow::Owned(principal.into()),
             key: key.into(),
             client: false,
         }
@@ -261,10 +264,11 @@ impl RecordKey {
 
     /// The key of a request from a client, whose principal a store may hold
     /// to quotas.
-    pub(crate) fn of_client(principal: impl Into<String>, key: impl Into<String>) -> Self {
+    pub(crate) fn of_client(principal: Cow<'static, str>, key: String) -> Self {
         Self {
+            principal,
+            key,
             client: true,
-            ..Self::new(principal, key)
         }
     }
 
@@ -318,18 +322,23 @@ impl Fingerprint {
     /// through an absolute-form URI has the same fingerprint.
     pub fn of_request(method: &http::Method, uri: &http::Uri, body: &[u8]) -> Self {
         use sha2::{Digest, Sha256};
-        let body_hash = Sha256::digest(body);
+        // One pass over everything, the body included: a separate digest of
+        // the body would cost two more compressions for a small request. The
+        // body comes last, so it needs no length; the other fields' lengths
+        // keep their boundaries unambiguous, and four bytes hold them (the
+        // `http` crate keeps a URI under 64 KiB, and no server reads a 4 GiB
+        // method), so up to 107 bytes of method, path, query and body take
+        // two compressions.
         let mut hasher = Sha256::new();
-        // Length prefixes keep field boundaries unambiguous.
         for field in [
             method.as_str().as_bytes(),
             uri.path().as_bytes(),
             uri.query().unwrap_or("").as_bytes(),
-            body_hash.as_slice(),
         ] {
-            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update((field.len() as u32).to_be_bytes());
             hasher.update(field);
         }
+        hasher.update(body);
         Self(hasher.finalize().into())
     }
 

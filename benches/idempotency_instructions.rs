@@ -1,0 +1,113 @@
+//! A fixed number of requests through an axum handler, bare, behind
+//! `IdempotencyLayer` (`MemoryStore`) and behind the peer `axum-idempotent`,
+//! for instruction counts under callgrind, where timings are too noisy:
+//!
+//! ```text
+//! benches/instructions.sh idempotency_instructions
+//! ```
+//!
+//! runs each mode twice under callgrind (`MODE 1000` and `MODE 11000`); the
+//! difference of the two totals over 10,000 is the cost of one request,
+//! without the fixed cost of starting the process and setting up the app.
+//! `--list` prints the modes with the baseline they are compared with.
+//!
+//! The workload is the one of `benches/idempotency.rs`: the Router called in
+//! process with `oneshot`, a JSON payload, the response body collected.
+//! `new_keys` sends a fresh key per request (the handler runs and its result
+//! is stored), `replay` one key again and again (the stored result answers).
+//! What axum-idempotent needs to run is described in `common/server_app.rs`.
+
+#[path = "common/server_app.rs"]
+mod server_app;
+
+use std::hint::black_box;
+
+use axum::Router;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const MODES: [(&str, &str); 6] = [
+    ("bare", ""),
+    ("tower_reissue_no_key", "bare"),
+    ("tower_reissue_new_keys", "bare"),
+    ("tower_reissue_replay", "bare"),
+    ("axum_idempotent_new_keys", "bare"),
+    ("axum_idempotent_replay", "bare"),
+];
+
+fn main() {
+    // `cargo bench` passes `--bench`; a bare word is the mode, a number the
+    // request count.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--list") {
+        for (mode, baseline) in MODES {
+            println!("{mode} {baseline}");
+        }
+        return;
+    }
+    let requests: u64 = args.iter().find_map(|arg| arg.parse().ok()).unwrap_or(1000);
+    let modes: Vec<&str> = match args.iter().find(|arg| MODES.iter().any(|(m, _)| m == arg)) {
+        Some(mode) => vec![mode.as_str()],
+        None => MODES.iter().map(|(mode, _)| *mode).collect(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for mode in modes {
+        runtime.block_on(run(mode, requests));
+    }
+}
+
+async fn run(mode: &str, requests: u64) {
+    let (app, cookie, replayed_header) = match mode {
+        "bare" => (server_app::bare(), None, None),
+        "axum_idempotent_new_keys" | "axum_idempotent_replay" => {
+            let (app, cookie) = server_app::axum_idempotent().await;
+            (app, Some(cookie), Some("idempotency-replayed"))
+        }
+        _ => (
+            server_app::tower_reissue(),
+            None,
+            Some("idempotent-replayed"),
+        ),
+    };
+    let cookie = cookie.as_ref();
+    match mode {
+        "bare" | "tower_reissue_no_key" => {
+            for _ in 0..requests {
+                call(&app, None, cookie, None).await;
+            }
+        }
+        "tower_reissue_new_keys" | "axum_idempotent_new_keys" => {
+            for i in 0..requests {
+                let key = format!("key-{i}");
+                call(&app, Some(&key), cookie, None).await;
+            }
+        }
+        _ => {
+            call(&app, Some("replayed"), cookie, None).await;
+            for _ in 0..requests {
+                call(&app, Some("replayed"), cookie, replayed_header).await;
+            }
+        }
+    }
+}
+
+/// One request; `replayed_header` names the header that must mark the answer
+/// as a replay.
+async fn call(
+    app: &Router,
+    key: Option<&str>,
+    cookie: Option<&HeaderValue>,
+    replayed_header: Option<&str>,
+) {
+    let request = server_app::request("/emails", key, cookie);
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert!(response.status().is_success());
+    if let Some(name) = replayed_header {
+        assert!(response.headers().contains_key(name), "not a replay");
+    }
+    black_box(response.into_body().collect().await.unwrap().to_bytes());
+}
