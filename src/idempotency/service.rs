@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
 use tower_service::Service;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
@@ -123,11 +123,11 @@ where
         let key = match key {
             Ok(Some(key)) => key,
             Ok(None) => {
-                let _request = span.enter();
+                let _request = span.as_ref().map(Span::enter);
                 return ResponseFuture::immediate(Problem::KeyMissing.into_response());
             }
             Err(err) => {
-                let _request = span.enter();
+                let _request = span.as_ref().map(Span::enter);
                 return ResponseFuture::immediate(Problem::KeyInvalid(err).into_response());
             }
         };
@@ -137,17 +137,18 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = request.into_parts();
         let record = RecordKey::of_client(self.principal.principal(&parts).into_cow(), key);
-        ResponseFuture::keyed(KeyedWork::new(Box::pin(
-            run_keyed(
-                inner,
-                self.store.clone(),
-                self.config.clone(),
-                record,
-                parts,
-                body,
-            )
-            .instrument(span),
-        )))
+        let work = run_keyed(
+            inner,
+            self.store.clone(),
+            self.config.clone(),
+            record,
+            parts,
+            body,
+        );
+        ResponseFuture::keyed(KeyedWork::new(match span {
+            Some(span) => Box::pin(work.instrument(span)),
+            None => Box::pin(work),
+        }))
     }
 }
 

@@ -209,7 +209,12 @@ impl ServerOutcome {
 /// request's server span) and in the server counter.
 /// `status` is `None` when the handler failed without a response.
 pub(crate) fn server_answered(outcome: ServerOutcome, status: Option<http::StatusCode>) {
-    let span = tracing::Span::current();
+    // Without a subscriber at INFO there is no server span to record on.
+    let span = if tracing::level_enabled!(tracing::Level::INFO) {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    };
     if !span.is_disabled() {
         span.record("idempotency.outcome", outcome.as_str());
         if let Some(status) = status {

@@ -215,14 +215,23 @@ impl fmt::Display for FullUrl<'_> {
 
 /// Opens the span of one keyed request on the server; its outcome is
 /// recorded by [`server_answered`](super::server_answered).
-pub(crate) fn server_span(method: &Method) -> Span {
-    tracing::info_span!(
+///
+/// `None` when no subscriber wants it, like an attempt's span: a disabled
+/// span still costs its enter and exit on every poll, and with `tracing`'s
+/// `log` feature (which axum's default features turn on) a few hundred
+/// instructions of a keyed request.
+pub(crate) fn server_span(method: &Method) -> Option<Span> {
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        return None;
+    }
+    let span = tracing::info_span!(
         target: "tower_reissue::idempotency",
         "idempotency",
         http.request.method = known_method(method),
         idempotency.outcome = Empty,
         http.response.status_code = Empty,
-    )
+    );
+    (!span.is_disabled()).then_some(span)
 }
 
 #[cfg(test)]
