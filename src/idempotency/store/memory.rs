@@ -1,7 +1,9 @@
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
 use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError};
@@ -68,19 +70,23 @@ struct State {
     max_in_flight_per_principal: usize,
     max_records_per_principal: usize,
     // What each principal holds, for its quotas and for choosing whose
-    // record to drop when the store is full.
-    principals: HashMap<String, Usage>,
+    // record to drop when the store is full. Both tables are looked up by
+    // the hashes a `RecordKey` computed once, not by hashing its strings
+    // again on each lookup.
+    principals: HashTable<Usage>,
     next_token: u64,
     next_seq: u64,
     // The indexes share one copy of each key.
-    records: HashMap<Arc<RecordKey>, Record>,
+    records: HashTable<Record>,
     // Every record by the instant it stops being live: expired records are
     // found without a scan.
     by_expiry: BTreeMap<(Instant, u64), Arc<RecordKey>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Usage {
+    principal: Cow<'static, str>,
+    principal_hash: u64,
     in_flight: usize,
     // The principal's completed records, oldest completion first.
     completed: BTreeMap<u64, Arc<RecordKey>>,
@@ -102,6 +108,10 @@ struct Record {
 }
 
 impl Record {
+    fn hash(&self) -> u64 {
+        self.key.record_hash()
+    }
+
     /// Whether `token` holds this record's lease at `now`.
     fn is_held(&self, token: FencingToken, now: Instant) -> bool {
         self.expires_at > now && matches!(self.state, RecordState::InFlight(held) if held == token)
@@ -150,10 +160,10 @@ impl MemoryStore {
                 max_records: max_records.max(1),
                 max_in_flight_per_principal: Self::DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL,
                 max_records_per_principal: Self::DEFAULT_MAX_RECORDS_PER_PRINCIPAL,
-                principals: HashMap::new(),
+                principals: HashTable::new(),
                 next_token: 1,
                 next_seq: 0,
-                records: HashMap::new(),
+                records: HashTable::new(),
                 by_expiry: BTreeMap::new(),
             })),
         }
@@ -211,26 +221,50 @@ impl MemoryStore {
     }
 }
 
+/// Finds `key`'s record in a table of records.
+fn is_record(key: &RecordKey) -> impl Fn(&Record) -> bool + '_ {
+    move |record| *record.key == *key
+}
+
+/// Finds `key`'s principal in a table of usages.
+fn is_principal(key: &RecordKey) -> impl Fn(&Usage) -> bool + '_ {
+    move |usage| usage.principal == key.principal()
+}
+
 impl State {
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
     }
 
+    fn record(&self, key: &RecordKey) -> Option<&Record> {
+        self.records.find(key.record_hash(), is_record(key))
+    }
+
+    fn usage_mut(&mut self, key: &RecordKey) -> Option<&mut Usage> {
+        self.principals
+            .find_mut(key.principal_hash(), is_principal(key))
+    }
+
     fn remove(&mut self, key: &RecordKey) {
-        let Some(record) = self.records.remove(key) else {
+        let Ok(entry) = self.records.find_entry(key.record_hash(), is_record(key)) else {
             return;
         };
+        let (record, _) = entry.remove();
         self.by_expiry.remove(&(record.expires_at, record.seq));
         let completed = matches!(record.state, RecordState::Completed(_));
-        if let Some(usage) = self.principals.get_mut(key.principal()) {
+        if let Ok(mut entry) = self
+            .principals
+            .find_entry(key.principal_hash(), is_principal(key))
+        {
+            let usage = entry.get_mut();
             if completed {
                 usage.completed.remove(&record.seq);
             } else {
                 usage.in_flight -= 1;
             }
             if usage.records() == 0 {
-                self.principals.remove(key.principal());
+                entry.remove();
             }
         }
     }
@@ -248,9 +282,12 @@ impl State {
         }
     }
 
-    /// Refuses a new claim of `principal` over its quotas.
-    fn check_quota(&self, principal: &str, now: Instant) -> Result<(), StoreError> {
-        let Some(usage) = self.principals.get(principal) else {
+    /// Refuses a new claim of `key`'s principal over its quotas.
+    fn check_quota(&self, key: &RecordKey, now: Instant) -> Result<(), StoreError> {
+        let Some(usage) = self
+            .principals
+            .find(key.principal_hash(), is_principal(key))
+        else {
             return Ok(());
         };
         if usage.in_flight >= self.max_in_flight_per_principal {
@@ -266,7 +303,7 @@ impl State {
             let retry_after = usage
                 .completed
                 .first_key_value()
-                .and_then(|(_, key)| self.records.get(key))
+                .and_then(|(_, key)| self.record(key))
                 .map_or(MemoryStore::IN_FLIGHT_QUOTA_RETRY_AFTER, |oldest| {
                     oldest.expires_at.saturating_duration_since(now)
                 });
@@ -281,7 +318,7 @@ impl State {
             // whoever holds the most, so the heaviest user pays first.
             let victim = self
                 .principals
-                .values()
+                .iter()
                 .filter(|usage| !usage.completed.is_empty())
                 .max_by_key(|usage| usage.records())
                 .and_then(|usage| usage.completed.first_key_value())
@@ -301,7 +338,7 @@ impl State {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let now = Instant::now();
-        if let Some(record) = self.records.get(key) {
+        if let Some(record) = self.record(key) {
             if record.expires_at > now {
                 let fingerprint = record.fingerprint;
                 return Ok(match &record.state {
@@ -316,7 +353,7 @@ impl State {
         }
         self.drop_expired(now);
         if key.is_client() {
-            self.check_quota(key.principal(), now)?;
+            self.check_quota(key, now)?;
         }
         self.make_room()?;
         let token = FencingToken::new(self.next_token);
@@ -327,8 +364,8 @@ impl State {
             .unwrap_or_else(|| crate::time::after(lease));
         let shared = Arc::new(key.clone());
         self.by_expiry.insert((expires_at, seq), shared.clone());
-        self.records.insert(
-            shared.clone(),
+        self.records.insert_unique(
+            key.record_hash(),
             Record {
                 key: shared,
                 fingerprint: *fingerprint,
@@ -336,17 +373,21 @@ impl State {
                 expires_at,
                 state: RecordState::InFlight(token),
             },
+            Record::hash,
         );
-        // Looked up before inserting: `entry` would copy the principal on
-        // every claim.
-        match self.principals.get_mut(key.principal()) {
-            Some(usage) => usage.in_flight += 1,
-            None => {
-                let usage = Usage {
+        match self
+            .principals
+            .entry(key.principal_hash(), is_principal(key), |usage| {
+                usage.principal_hash
+            }) {
+            hashbrown::hash_table::Entry::Occupied(mut entry) => entry.get_mut().in_flight += 1,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(Usage {
+                    principal: key.shared_principal().clone(),
+                    principal_hash: key.principal_hash(),
                     in_flight: 1,
-                    ..Usage::default()
-                };
-                self.principals.insert(key.principal().to_owned(), usage);
+                    completed: BTreeMap::new(),
+                });
             }
         }
         Ok(Claim::Acquired(token))
@@ -355,7 +396,7 @@ impl State {
     /// The record `token` holds, if its lease is still running.
     fn held(&mut self, key: &RecordKey, token: FencingToken) -> Result<&mut Record, StoreError> {
         let now = Instant::now();
-        match self.records.get_mut(key) {
+        match self.records.find_mut(key.record_hash(), is_record(key)) {
             Some(record) if record.is_held(token, now) => Ok(record),
             _ => Err(StoreError::LeaseLost),
         }
@@ -372,7 +413,7 @@ impl State {
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let seq = self.next_seq();
-        let record = match self.records.get_mut(key) {
+        let record = match self.records.find_mut(key.record_hash(), is_record(key)) {
             Some(record) if record.is_held(token, now) => record,
             _ => return Err(StoreError::LeaseLost),
         };
@@ -385,7 +426,7 @@ impl State {
         let shared = record.key.clone();
         if let Some(outcome) = completed {
             record.state = RecordState::Completed(outcome);
-            if let Some(usage) = self.principals.get_mut(key.principal()) {
+            if let Some(usage) = self.usage_mut(key) {
                 usage.in_flight -= 1;
                 usage.completed.insert(seq, shared.clone());
             }

@@ -38,6 +38,8 @@ use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -224,6 +226,24 @@ pub struct RecordKey {
     // Whether the principal is a client, subject to a store's quotas (see
     // `MemoryStore`); a `Once` scope is not. Not part of the identity.
     client: bool,
+    // The keyed SipHash of the principal, and of the principal and key,
+    // computed once: a store looks a key up several times per request.
+    principal_hash: u64,
+    hash: u64,
+}
+
+/// One random SipHash key for the whole process: keys are chosen by clients,
+/// so their hashes must not be predictable.
+static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+/// The hashes of `principal` and of `(principal, key)`, from one pass over
+/// the principal.
+fn hashes(principal: &str, key: &str) -> (u64, u64) {
+    let mut hasher = KEY_HASHER.build_hasher();
+    principal.hash(&mut hasher);
+    let principal_hash = hasher.clone().finish();
+    key.hash(&mut hasher);
+    (principal_hash, hasher.finish())
 }
 
 impl PartialEq for RecordKey {
@@ -234,9 +254,9 @@ impl PartialEq for RecordKey {
 
 impl Eq for RecordKey {}
 
-impl std::hash::Hash for RecordKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (&self.principal, &self.key).hash(state);
+impl Hash for RecordKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -255,21 +275,39 @@ impl Ord for RecordKey {
 impl RecordKey {
     /// A record key from a principal and an idempotency key.
     pub fn new(principal: impl Into<String>, key: impl Into<String>) -> Self {
-        Self {
-            principal: Cow::Owned(principal.into()),
-            key: key.into(),
-            client: false,
-        }
+        Self::with_client(Cow::Owned(principal.into()), key.into(), false)
     }
 
     /// The key of a request from a client, whose principal a store may hold
     /// to quotas.
     pub(crate) fn of_client(principal: Cow<'static, str>, key: String) -> Self {
+        Self::with_client(principal, key, true)
+    }
+
+    fn with_client(principal: Cow<'static, str>, key: String, client: bool) -> Self {
+        let (principal_hash, hash) = hashes(&principal, &key);
         Self {
             principal,
             key,
-            client: true,
+            client,
+            principal_hash,
+            hash,
         }
+    }
+
+    /// The principal as held, borrowed when it is shared by every request.
+    pub(crate) fn shared_principal(&self) -> &Cow<'static, str> {
+        &self.principal
+    }
+
+    /// The keyed hash of the principal alone.
+    pub(crate) fn principal_hash(&self) -> u64 {
+        self.principal_hash
+    }
+
+    /// The keyed hash of the principal and key, the one `Hash` writes.
+    pub(crate) fn record_hash(&self) -> u64 {
+        self.hash
     }
 
     /// Whether a store's per-principal quotas apply: true for the requests
