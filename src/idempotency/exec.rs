@@ -253,7 +253,10 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         let outcome = again();
         self.kept
             .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
-        let retry = self.complete_again(outcome, ttl);
+        // Boxed: this path is rare, and unboxed its future would make every
+        // completion's future (and every keyed request's) several times
+        // larger, all of it copied when the request's work is boxed.
+        let retry = Box::pin(self.complete_again(outcome, ttl));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(retry)),
             Err(_) => retry.await,
