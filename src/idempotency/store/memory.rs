@@ -1,5 +1,6 @@
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -78,9 +79,50 @@ struct State {
     next_seq: u64,
     // The indexes share one copy of each key.
     records: HashTable<Record>,
-    // Every record by the instant it stops being live: expired records are
-    // found without a scan.
-    by_expiry: BTreeMap<(Instant, u64), Arc<RecordKey>>,
+    // Every record by the instant it stops being live, soonest first:
+    // expired records are found without a scan. A heap, so that a record
+    // added or moved to the latest instant (nearly all are) costs no search;
+    // the entries a removal or a move leaves behind are skipped when they
+    // come due (see `index_expiry` for their bound).
+    by_expiry: BinaryHeap<Reverse<Expiry>>,
+    // The size at which `by_expiry` is rebuilt without its stale entries.
+    rebuild_expiry_at: usize,
+}
+
+/// When the record of `key` stops being live, as of its change `seq`.
+#[derive(Debug)]
+struct Expiry {
+    expires_at: Instant,
+    seq: u64,
+    key: Arc<RecordKey>,
+}
+
+impl Expiry {
+    /// Whether this is still the record's current expiry.
+    fn is_current(&self, record: &Record) -> bool {
+        record.seq == self.seq
+    }
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Expiry {}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    // Each change of a record takes a new `seq`, so no two entries tie.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.expires_at, self.seq).cmp(&(other.expires_at, other.seq))
+    }
 }
 
 #[derive(Debug)]
@@ -132,6 +174,9 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     const DEFAULT_MAX_RECORDS: usize = 10_000;
+    /// The smallest expiry index that is rebuilt: below it, stale entries
+    /// cost too little to be worth a rebuild.
+    const MIN_EXPIRY_REBUILD: usize = 64;
     const DEFAULT_MAX_IN_FLIGHT_PER_PRINCIPAL: usize = 100;
     const DEFAULT_MAX_RECORDS_PER_PRINCIPAL: usize = 1_000;
     /// How long a principal over its in-flight quota is asked to wait: about
@@ -164,7 +209,8 @@ impl MemoryStore {
                 next_token: 1,
                 next_seq: 0,
                 records: HashTable::new(),
-                by_expiry: BTreeMap::new(),
+                by_expiry: BinaryHeap::new(),
+                rebuild_expiry_at: Self::MIN_EXPIRY_REBUILD,
             })),
         }
     }
@@ -251,7 +297,6 @@ impl State {
             return;
         };
         let (record, _) = entry.remove();
-        self.by_expiry.remove(&(record.expires_at, record.seq));
         let completed = matches!(record.state, RecordState::Completed(_));
         if let Ok(mut entry) = self
             .principals
@@ -273,12 +318,48 @@ impl State {
     /// live ones. Each record is dropped once, so this costs little over
     /// time.
     fn drop_expired(&mut self, now: Instant) {
-        while let Some(((expires_at, _), key)) = self.by_expiry.first_key_value() {
-            if *expires_at > now {
+        while self
+            .by_expiry
+            .peek()
+            .is_some_and(|Reverse(next)| next.expires_at <= now)
+        {
+            let Some(Reverse(due)) = self.by_expiry.pop() else {
                 break;
+            };
+            if self
+                .record(&due.key)
+                .is_some_and(|record| due.is_current(record))
+            {
+                self.remove(&due.key);
             }
-            let key = key.clone();
-            self.remove(&key);
+        }
+    }
+
+    /// Indexes a record's new expiry.
+    fn index_expiry(&mut self, expires_at: Instant, seq: u64, key: Arc<RecordKey>) {
+        self.by_expiry.push(Reverse(Expiry {
+            expires_at,
+            seq,
+            key,
+        }));
+        // Entries left behind go only when they come due, which may be long
+        // after their record. Rebuilt from the records each time it doubles,
+        // the index stays within twice the most records the store holds, and
+        // each rebuild is paid for by as many pushes as it keeps entries.
+        if self.by_expiry.len() >= self.rebuild_expiry_at {
+            self.by_expiry = self
+                .records
+                .iter()
+                .map(|record| {
+                    Reverse(Expiry {
+                        expires_at: record.expires_at,
+                        seq: record.seq,
+                        key: record.key.clone(),
+                    })
+                })
+                .collect();
+            self.rebuild_expiry_at =
+                (2 * self.by_expiry.len()).max(MemoryStore::MIN_EXPIRY_REBUILD);
         }
     }
 
@@ -363,11 +444,10 @@ impl State {
             .checked_add(lease)
             .unwrap_or_else(|| crate::time::after(lease));
         let shared = Arc::new(key.clone());
-        self.by_expiry.insert((expires_at, seq), shared.clone());
         self.records.insert_unique(
             key.record_hash(),
             Record {
-                key: shared,
+                key: shared.clone(),
                 fingerprint: *fingerprint,
                 seq,
                 expires_at,
@@ -375,6 +455,7 @@ impl State {
             },
             Record::hash,
         );
+        self.index_expiry(expires_at, seq, shared);
         match self
             .principals
             .entry(key.principal_hash(), is_principal(key), |usage| {
@@ -417,7 +498,6 @@ impl State {
             Some(record) if record.is_held(token, now) => record,
             _ => return Err(StoreError::LeaseLost),
         };
-        self.by_expiry.remove(&(record.expires_at, record.seq));
         let expires_at = now
             .checked_add(live_for)
             .unwrap_or_else(|| crate::time::after(live_for));
@@ -431,7 +511,7 @@ impl State {
                 usage.completed.insert(seq, shared.clone());
             }
         }
-        self.by_expiry.insert((expires_at, seq), shared);
+        self.index_expiry(expires_at, seq, shared);
         Ok(())
     }
 }
@@ -470,5 +550,49 @@ impl IdempotencyStore for MemoryStore {
         state.held(key, token)?;
         state.remove(key);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_index_drops_what_it_left_behind_and_keeps_live_records() {
+        let store = MemoryStore::new();
+        let fingerprint = Fingerprint::from_bytes([0; 32]);
+        let short = RecordKey::new("p", "short");
+        {
+            let mut state = store.lock();
+            assert!(matches!(
+                state.claim(&short, &fingerprint, Duration::from_secs(1)),
+                Ok(Claim::Acquired(_))
+            ));
+            for i in 0..1_000 {
+                let key = RecordKey::new("p", i.to_string());
+                let Ok(Claim::Acquired(token)) =
+                    state.claim(&key, &fingerprint, Duration::from_secs(60))
+                else {
+                    panic!("claim {i} refused");
+                };
+                // A renewal and a removal each leave an entry behind.
+                state
+                    .extend(&key, token, Duration::from_secs(60), None)
+                    .unwrap();
+                state.remove(&key);
+                assert!(state.by_expiry.len() <= MemoryStore::MIN_EXPIRY_REBUILD);
+            }
+            assert_eq!(state.records.len(), 1);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut state = store.lock();
+        let later = RecordKey::new("p", "later");
+        assert!(matches!(
+            state.claim(&later, &fingerprint, Duration::from_secs(60)),
+            Ok(Claim::Acquired(_))
+        ));
+        // The short record expired through its rebuilt entry.
+        assert!(state.record(&short).is_none());
+        assert_eq!(state.records.len(), 1);
     }
 }
