@@ -28,7 +28,8 @@ pub(crate) type KeyedFuture<B, E> =
 /// work dropped before it finished moves, box and all, to a task that
 /// drives it to its end. Running every keyed request as a task instead would
 /// cost a spawn and a wake-up per request; this costs nothing unless the
-/// caller goes away.
+/// caller goes away. Work never polled has not started, and is dropped: a
+/// request nobody waited for at all is not run for nobody.
 pub(crate) struct KeyedWork<B, E> {
     // `None` once finished, and while being polled: work that panics is
     // dropped as it unwinds, never moved to a task.
@@ -36,6 +37,8 @@ pub(crate) struct KeyedWork<B, E> {
     // Moves unfinished work to a task; a function pointer, so the bounds a
     // task needs stay off the public future type.
     detach: fn(KeyedFuture<B, E>),
+    // Whether the work has been polled: only started work is moved to a task.
+    started: bool,
 }
 
 impl<B, E> KeyedWork<B, E> {
@@ -47,10 +50,12 @@ impl<B, E> KeyedWork<B, E> {
         Self {
             future: Some(future),
             detach: detach::<B, E>,
+            started: false,
         }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<ResponseBody<B>>, E>> {
+        self.started = true;
         let mut future = self
             .future
             .take()
@@ -65,7 +70,9 @@ impl<B, E> KeyedWork<B, E> {
 
 impl<B, E> Drop for KeyedWork<B, E> {
     fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
+        if let Some(future) = self.future.take()
+            && self.started
+        {
             (self.detach)(future);
         }
     }
@@ -192,5 +199,34 @@ mod tests {
             );
         }
         assert_eq!(store.len(), 1);
+    }
+
+    // Inside a runtime, where started work would move to a task: work
+    // dropped before its first poll runs nothing, not even later.
+    #[tokio::test]
+    async fn work_dropped_unpolled_is_not_run() {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let store = MemoryStore::new();
+        let handler = tower::service_fn({
+            let runs = runs.clone();
+            move |_request: Request<Body>| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ready(Ok::<_, Infallible>(Response::new(Full::new(
+                    Bytes::from_static(b"created"),
+                ))))
+            }
+        });
+        let mut service = IdempotencyLayer::new(store.clone()).layer(handler);
+
+        drop(service.call(keyed()));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(store.is_empty(), "unpolled work claims nothing");
+
+        let response = service.call(keyed()).await.unwrap();
+        assert!(!response.headers().contains_key("idempotent-replayed"));
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
