@@ -290,6 +290,12 @@ async fn breaker_transitions_and_state_gauge() {
         )),
         Some(&1.0)
     );
+    // Closed breakers are not a series: with one per host, it would count
+    // every host ever called.
+    assert!(!read.gauges.contains_key(&(
+        names::BREAKERS.to_owned(),
+        vec![(names::LABEL_STATE.to_owned(), "closed".to_owned())]
+    )));
 }
 
 /// Reconciler answers and dead letters, counted by what happened to them.
