@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::store::{
@@ -157,59 +158,42 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         *self.lease_ends.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// One renewal of the lease, owning what it needs so that it can be kept
+    /// beside the work it renews for; it returns the new lease end.
+    fn renewal(&self, lease: Duration) -> PendingRenewal {
+        let (store, record, token) = (self.store.clone(), self.record.clone(), self.token);
+        Box::pin(async move {
+            let sent = Instant::now();
+            store.renew(&record, token, lease).await?;
+            Ok(after(sent, lease))
+        })
+    }
+
     /// Renews once, moving the known lease end on success.
     async fn renew(&self, lease: Duration) -> Result<(), StoreError> {
-        let sent = Instant::now();
-        self.store.renew(&self.record, self.token, lease).await?;
-        *self.lease_ends.lock().unwrap_or_else(|e| e.into_inner()) = after(sent, lease);
+        let ends = self.renewal(lease).await?;
+        self.set_lease_ends(ends);
         Ok(())
     }
 
+    fn set_lease_ends(&self, ends: Instant) {
+        *self.lease_ends.lock().unwrap_or_else(|e| e.into_inner()) = ends;
+    }
+
     /// Drives `work` while renewing the lease every third of it, so slow work
-    /// keeps its claim for as long as it runs.
-    ///
-    /// A renewal that fails for another reason than a lost lease is retried
-    /// at the next tick: the lease may still be held.
+    /// keeps its claim for as long as it runs (see [`Renewer`]).
     pub(crate) async fn renewing<F: Future + Unpin>(
         &self,
         lease: Duration,
         mut work: F,
     ) -> Renewal<F::Output> {
-        let period = (lease / 3).max(Duration::from_millis(1));
-        let renew = || self.renew(lease);
-        // Set on the work's first pending poll: work that finishes at once
-        // (most of it) never touches the timer.
-        let mut tick = pin!(None::<tokio::time::Sleep>);
-        let mut renewal = pin!(none_of(&renew));
+        let mut renewer = pin!(Renewer::new(lease));
         poll_fn(move |cx: &mut Context<'_>| {
             if let Poll::Ready(output) = Pin::new(&mut work).poll(cx) {
                 return Poll::Ready(Renewal::Finished(output));
             }
-            if tick.is_none() {
-                tick.set(Some(tokio::time::sleep(period)));
-            }
-            loop {
-                if let Some(pending) = renewal.as_mut().as_pin_mut() {
-                    match ready!(pending.poll(cx)) {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseLost) => {
-                            tracing::warn!(key = self.record.key(), "idempotency lease lost while the work ran; its result will not be stored");
-                            return Poll::Ready(Renewal::Lost);
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, key = self.record.key(), "failed to renew idempotency lease");
-                        }
-                    }
-                    renewal.set(None);
-                    if let Some(tick) = tick.as_mut().as_pin_mut() {
-                        tick.reset(crate::time::after(period));
-                    }
-                }
-                if let Some(tick) = tick.as_mut().as_pin_mut() {
-                    ready!(tick.poll(cx));
-                }
-                renewal.set(Some(renew()));
-            }
+            ready!(renewer.as_mut().poll_renew(self, cx));
+            Poll::Ready(Renewal::Lost)
         })
         .await
     }
@@ -226,40 +210,62 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     /// the store to come back. `again` makes the outcome anew for that: it
     /// is called only when the store failed, so a completion that succeeds
     /// copies nothing.
-    pub(crate) async fn complete(
-        mut self,
+    ///
+    /// Written as a function returning a future, not as an `async fn`: an
+    /// `async fn` keeps a second copy of its arguments in its state, and
+    /// this one's is part of every keyed request's.
+    pub(crate) fn complete(
+        &mut self,
         outcome: Outcome,
         again: impl FnOnce() -> Outcome,
         ttl: Duration,
-    ) {
+    ) -> impl Future<Output = ()> {
         self.settled = true;
-        match self
-            .store
-            .complete(&self.record, self.token, outcome, ttl)
-            .await
-        {
-            Ok(()) => return,
-            Err(StoreError::LeaseLost) => {
-                tracing::warn!(
-                    key = self.record.key(),
-                    "idempotency lease lost before the result was stored; the store keeps the record of whoever took over"
-                );
-                return;
+        async move {
+            match self
+                .store
+                .complete(&self.record, self.token, outcome, ttl)
+                .await
+            {
+                Ok(()) => return,
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(
+                        key = self.record.key(),
+                        "idempotency lease lost before the result was stored; the store keeps the record of whoever took over"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; keeping it in this process and trying again");
+                }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, key = self.record.key(), "failed to store idempotent result; keeping it in this process and trying again");
+            let outcome = again();
+            self.kept
+                .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
+            // Boxed: this path is rare, and unboxed its future would make every
+            // completion's future (and every keyed request's) several times
+            // larger.
+            let retry = Box::pin(self.hand_over().complete_again(outcome, ttl));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(retry)),
+                Err(_) => retry.await,
             }
         }
-        let outcome = again();
-        self.kept
-            .insert(self.record.clone(), self.fingerprint, outcome.clone(), ttl);
-        // Boxed: this path is rare, and unboxed its future would make every
-        // completion's future (and every keyed request's) several times
-        // larger, all of it copied when the request's work is boxed.
-        let retry = Box::pin(self.complete_again(outcome, ttl));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(retry)),
-            Err(_) => retry.await,
+    }
+
+    /// The claim as a value of its own, for work that goes on elsewhere;
+    /// this one counts as settled.
+    fn hand_over(&mut self) -> Self {
+        self.settled = true;
+        Self {
+            store: self.store.clone(),
+            record: self.record.clone(),
+            fingerprint: self.fingerprint,
+            token: self.token,
+            lease: self.lease,
+            lease_ends: Mutex::new(self.lease_ends()),
+            kept: self.kept.clone(),
+            settled: false,
         }
     }
 
@@ -307,10 +313,12 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     }
 
     /// Gives the key up, so the next claim runs the work again.
-    pub(crate) async fn release(mut self) {
+    pub(crate) fn release(&mut self) -> impl Future<Output = ()> {
         self.settled = true;
-        if let Err(err) = self.store.release(&self.record, self.token).await {
-            tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
+        async move {
+            if let Err(err) = self.store.release(&self.record, self.token).await {
+                tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
+            }
         }
     }
 }
@@ -350,6 +358,80 @@ fn after(start: Instant, duration: Duration) -> Instant {
     start
         .checked_add(duration)
         .unwrap_or_else(|| crate::time::after(duration))
+}
+
+/// A renewal under way: boxed, since it is rare (a third of a lease into
+/// the work) and a store's future type cannot be named.
+type PendingRenewal = Pin<Box<dyn Future<Output = Result<Instant, StoreError>> + Send>>;
+
+pin_project! {
+    /// Renews a held claim's lease every third of it while its work runs.
+    ///
+    /// Polled beside the work, after the work returned `Pending`: it is not a
+    /// future of its own, so that the work, the claim and the renewer can
+    /// sit side by side in one state machine without borrowing each other.
+    /// A renewal that fails for another reason than a lost lease is retried
+    /// at the next tick: the lease may still be held.
+    pub(crate) struct Renewer {
+        lease: Duration,
+        period: Duration,
+        // Set on the work's first pending poll: work that finishes at once
+        // (most of it) never touches the timer.
+        #[pin]
+        tick: Option<tokio::time::Sleep>,
+        renewal: Option<PendingRenewal>,
+    }
+}
+
+impl Renewer {
+    /// A renewer of a lease of `lease`.
+    pub(crate) fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            period: (lease / 3).max(Duration::from_millis(1)),
+            tick: None,
+            renewal: None,
+        }
+    }
+
+    /// Renews `held` when due. `Ready` only once the store said the lease is
+    /// lost: the work has no claim any more.
+    pub(crate) fn poll_renew<St: IdempotencyStore>(
+        self: Pin<&mut Self>,
+        held: &HeldClaim<St>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let mut this = self.project();
+        if this.tick.is_none() {
+            this.tick.set(Some(tokio::time::sleep(*this.period)));
+        }
+        loop {
+            if let Some(pending) = this.renewal.as_mut() {
+                match ready!(pending.as_mut().poll(cx)) {
+                    Ok(ends) => held.set_lease_ends(ends),
+                    Err(StoreError::LeaseLost) => {
+                        tracing::warn!(
+                            key = held.record.key(),
+                            "idempotency lease lost while the work ran; its result will not be stored"
+                        );
+                        *this.renewal = None;
+                        return Poll::Ready(());
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, key = held.record.key(), "failed to renew idempotency lease");
+                    }
+                }
+                *this.renewal = None;
+                if let Some(tick) = this.tick.as_mut().as_pin_mut() {
+                    tick.reset(crate::time::after(*this.period));
+                }
+            }
+            if let Some(tick) = this.tick.as_mut().as_pin_mut() {
+                ready!(tick.poll(cx));
+            }
+            *this.renewal = Some(held.renewal(*this.lease));
+        }
+    }
 }
 
 /// Outcomes this process could not store, by record: consulted before the
@@ -421,9 +503,4 @@ impl KeptResults {
             },
         );
     }
-}
-
-/// `None`, typed as the option of what `make` returns, without calling it.
-fn none_of<T>(_make: &impl Fn() -> T) -> Option<T> {
-    None
 }

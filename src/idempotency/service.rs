@@ -1,8 +1,9 @@
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::pin::pin;
+use std::future::{Future, poll_fn};
+use std::marker::PhantomData;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
@@ -10,12 +11,13 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::{Instrument, Span};
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
-use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
+use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewer};
 use super::future::{KeyedWork, ResponseFuture};
 use super::key;
 use super::layer::Config;
@@ -152,14 +154,24 @@ where
     }
 }
 
-async fn run_keyed<S, St, ReqBody, ResBody>(
-    mut inner: S,
+/// The work of a request with a key: read and claim ([`prepare`]), run the
+/// handler while renewing the claim ([`Stage::Running`]), then store the
+/// result or release the claim ([`settle`]).
+///
+/// Written as a state machine over those stages rather than as one `async
+/// fn`: the work is boxed once per keyed request (see [`KeyedWork`]), and as
+/// an `async fn` it kept what every stage holds side by side, the request's
+/// parts beside the handler's future that had taken them over, three times
+/// the size of the largest stage. Boxes that large miss the allocator's
+/// per-thread cache on every request.
+fn run_keyed<S, St, ReqBody, ResBody>(
+    inner: S,
     store: St,
     config: Arc<Config>,
     record: RecordKey,
     parts: Parts,
     body: ReqBody,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
     S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
     St: IdempotencyStore,
@@ -168,56 +180,234 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let body = match read_request_body(body, config.max_request_body).await {
-        Ok(body) => body,
-        Err(problem) => return Ok(problem.into_response()),
-    };
-    let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &body);
-    let rules = ClaimRules {
-        lease: config.lease,
-        wait_for_result: config.wait_for_result,
-        wait_poll_interval: config.wait_poll_interval,
-        kept: config.kept.clone(),
-    };
-    let token = match claim(&store, &config, &rules, &record, &fingerprint).await {
-        Ok(token) => token,
-        Err(answer) => return Ok(answer),
-    };
-    let request = Request::from_parts(parts, Either::Left(Full::new(body)));
-    let Some(token) = token else {
-        // Failing open: the store could not be asked, run unprotected.
-        let response = inner.call(request).await;
-        let status = response.as_ref().ok().map(Response::status);
-        telemetry::server_answered(ServerOutcome::ExecutedUnprotected, status);
-        return Ok(response?.map(ResponseBody::inner));
-    };
-    let held = HeldClaim::new(store, record, fingerprint, token, &rules);
-    let mut work = pin!(execute(inner, request, &config));
-    let executed = match held.renewing(config.lease, work.as_mut()).await {
-        Renewal::Finished(executed) => executed,
-        // The client still gets its response; the store keeps the record of
-        // whoever took over.
-        Renewal::Lost => work.await,
-    };
-    match executed {
-        Err(err) => {
-            held.release().await;
-            Err(err)
+    Keyed {
+        inner: Some(inner),
+        settle: settle::<St, ResBody, S::Error>,
+        stage: Stage::Prepare {
+            future: prepare(store, config.clone(), record, parts, body),
+            _body: PhantomData,
+        },
+        config,
+    }
+}
+
+/// What reading the body and claiming the key decided.
+enum Prepared<ReqBody, ResBody, St: IdempotencyStore> {
+    /// Answered without running the handler: a replay, or a refusal.
+    Answered(Response<ResponseBody<ResBody>>),
+    /// The store could not be asked, and the layer fails open.
+    Unprotected(Request<Either<Full<Bytes>, ReqBody>>),
+    /// The claim is held: run the handler.
+    Acquired(Request<Either<Full<Bytes>, ReqBody>>, HeldClaim<St>),
+}
+
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
+fn prepare<St, ReqBody, ResBody>(
+    store: St,
+    config: Arc<Config>,
+    record: RecordKey,
+    parts: Parts,
+    body: ReqBody,
+) -> impl Future<Output = Prepared<ReqBody, ResBody, St>>
+where
+    St: IdempotencyStore,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+{
+    async move {
+        let body = match read_request_body(body, config.max_request_body).await {
+            Ok(body) => body,
+            Err(problem) => return Prepared::Answered(problem.into_response()),
+        };
+        let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &body);
+        let rules = ClaimRules {
+            lease: config.lease,
+            wait_for_result: config.wait_for_result,
+            wait_poll_interval: config.wait_poll_interval,
+            kept: config.kept.clone(),
+        };
+        let token = match claim(&store, &config, &rules, &record, &fingerprint).await {
+            Ok(token) => token,
+            Err(answer) => return Prepared::Answered(answer),
+        };
+        let request = Request::from_parts(parts, Either::Left(Full::new(body)));
+        match token {
+            // Failing open: the store could not be asked, run unprotected.
+            None => Prepared::Unprotected(request),
+            Some(token) => Prepared::Acquired(
+                request,
+                HeldClaim::new(store, record, fingerprint, token, &rules),
+            ),
         }
-        Ok(Executed::Release(response)) => {
-            held.release().await;
-            Ok(response)
+    }
+}
+
+/// Makes a held claim's last stage from the handler's result.
+type Settle<St, B, E, Fut> = fn(HeldClaim<St>, Result<Executed<B>, E>, Arc<Config>) -> Fut;
+
+pin_project! {
+    /// See [`run_keyed`].
+    struct Keyed<S, St, ReqBody, ResBody, E, F, Prep, Fut>
+    where
+        St: IdempotencyStore,
+    {
+        // Until the handler is called.
+        inner: Option<S>,
+        config: Arc<Config>,
+        settle: Settle<St, ResBody, E, Fut>,
+        #[pin]
+        stage: Stage<ReqBody, St, F, Prep, ResBody, Fut>,
+    }
+}
+
+pin_project! {
+    #[project = StageProj]
+    enum Stage<ReqBody, St, F, Prep, ResBody, Fut>
+    where
+        St: IdempotencyStore,
+    {
+        Prepare {
+            #[pin]
+            future: Prep,
+            // The request body type, which only the stage's output names.
+            _body: PhantomData<fn() -> ReqBody>,
+        },
+        Unprotected {
+            #[pin]
+            call: F,
+        },
+        // The handler runs, then its response is read, while the claim is
+        // renewed; `held` is taken when that ends.
+        Running {
+            #[pin]
+            work: Execute<F, ResBody>,
+            held: Option<HeldClaim<St>>,
+            #[pin]
+            renewer: Renewer,
+            // The lease was lost: the handler still answers, unrenewed.
+            lost: bool,
+        },
+        Settling {
+            #[pin]
+            future: Fut,
+        },
+        Done,
+    }
+}
+
+impl<S, St, ReqBody, ResBody, F, Prep, Fut> Future
+    for Keyed<S, St, ReqBody, ResBody, S::Error, F, Prep, Fut>
+where
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>, Future = F>,
+    F: Future<Output = Result<Response<ResBody>, S::Error>>,
+    St: IdempotencyStore,
+    Prep: Future<Output = Prepared<ReqBody, ResBody, St>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+    Fut: Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.stage.as_mut().project() {
+                StageProj::Prepare { future, .. } => {
+                    let prepared = ready!(future.poll(cx));
+                    let next = match prepared {
+                        Prepared::Answered(response) => {
+                            this.stage.set(Stage::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        Prepared::Unprotected(request) => Stage::Unprotected {
+                            call: take_inner(this.inner).call(request),
+                        },
+                        Prepared::Acquired(request, held) => Stage::Running {
+                            work: Execute::Calling {
+                                call: take_inner(this.inner).call(request),
+                            },
+                            held: Some(held),
+                            renewer: Renewer::new(this.config.lease),
+                            lost: false,
+                        },
+                    };
+                    this.stage.set(next);
+                }
+                StageProj::Unprotected { call } => {
+                    let response = ready!(call.poll(cx));
+                    this.stage.set(Stage::Done);
+                    let status = response.as_ref().ok().map(Response::status);
+                    telemetry::server_answered(ServerOutcome::ExecutedUnprotected, status);
+                    return Poll::Ready(response.map(|response| response.map(ResponseBody::inner)));
+                }
+                StageProj::Running {
+                    work,
+                    held,
+                    renewer,
+                    lost,
+                } => {
+                    let Poll::Ready(executed) = work.poll_execute(this.config, cx) else {
+                        if !*lost && let Some(held) = held.as_ref() {
+                            *lost = renewer.poll_renew(held, cx).is_ready();
+                        }
+                        return Poll::Pending;
+                    };
+                    let held = held.take().expect("a running stage holds its claim");
+                    let future = (this.settle)(held, executed, this.config.clone());
+                    this.stage.set(Stage::Settling { future });
+                }
+                StageProj::Settling { future } => {
+                    let output = ready!(future.poll(cx));
+                    this.stage.set(Stage::Done);
+                    return Poll::Ready(output);
+                }
+                StageProj::Done => panic!("keyed work polled after completion"),
+            }
         }
-        Ok(Executed::Stored(parts, body)) => {
-            let stored = || Outcome::Response(stored_response(&parts, &body));
-            held.complete(stored(), stored, config.ttl).await;
-            Ok(Response::from_parts(parts, ResponseBody::full(body)))
-        }
-        Ok(Executed::NotStored(response)) => {
-            let status = response.status();
-            let not_stored = move || Outcome::NotStored { status };
-            held.complete(not_stored(), not_stored, config.ttl).await;
-            Ok(response)
+    }
+}
+
+fn take_inner<S>(inner: &mut Option<S>) -> S {
+    inner.take().expect("the handler is called once")
+}
+
+/// Stores the handler's result, or releases the claim.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
+fn settle<St, ResBody, E>(
+    mut held: HeldClaim<St>,
+    executed: Result<Executed<ResBody>, E>,
+    config: Arc<Config>,
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, E>>
+where
+    St: IdempotencyStore,
+{
+    async move {
+        match executed {
+            Err(err) => {
+                held.release().await;
+                Err(err)
+            }
+            Ok(Executed::Release(response)) => {
+                held.release().await;
+                Ok(response)
+            }
+            Ok(Executed::Stored(parts, body)) => {
+                let stored = || Outcome::Response(stored_response(&parts, &body));
+                held.complete(stored(), stored, config.ttl).await;
+                Ok(Response::from_parts(parts, ResponseBody::full(body)))
+            }
+            Ok(Executed::NotStored(response)) => {
+                let status = response.status();
+                let not_stored = move || Outcome::NotStored { status };
+                held.complete(not_stored(), not_stored, config.ttl).await;
+                Ok(response)
+            }
         }
     }
 }
@@ -345,39 +535,77 @@ fn stored_response(parts: &http::response::Parts, body: &Bytes) -> StoredRespons
     }
 }
 
-async fn execute<S, ReqBody, ResBody>(
-    mut inner: S,
-    request: Request<ReqBody>,
-    config: &Config,
-) -> Result<Executed<ResBody>, S::Error>
+pin_project! {
+    /// The handler's call, then the reading of a response to store.
+    #[project = ExecuteProj]
+    enum Execute<F, B> {
+        Calling {
+            #[pin]
+            call: F,
+        },
+        Buffering {
+            parts: Option<http::response::Parts>,
+            buffer: Buffer<B>,
+        },
+    }
+}
+
+impl<F, B> Execute<F, B>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
-    ResBody::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
-    let response = inner.call(request).await;
-    let status = response.as_ref().ok().map(Response::status);
-    telemetry::server_answered(ServerOutcome::Executed, status);
-    let response = response?;
-    let keep = match response.extensions().get::<StoreDecision>() {
-        Some(StoreDecision::Store) => true,
-        Some(StoreDecision::Release) => false,
-        None => stored_by_default(response.status(), config.store_server_errors),
-    };
-    if !keep {
-        return Ok(Executed::Release(response.map(ResponseBody::inner)));
+    fn poll_execute<E>(
+        mut self: Pin<&mut Self>,
+        config: &Config,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Executed<B>, E>>
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+    {
+        loop {
+            match self.as_mut().project() {
+                ExecuteProj::Calling { call } => {
+                    let response = ready!(call.poll(cx));
+                    let status = response.as_ref().ok().map(Response::status);
+                    telemetry::server_answered(ServerOutcome::Executed, status);
+                    let response = response?;
+                    let keep = match response.extensions().get::<StoreDecision>() {
+                        Some(StoreDecision::Store) => true,
+                        Some(StoreDecision::Release) => false,
+                        None => stored_by_default(response.status(), config.store_server_errors),
+                    };
+                    if !keep {
+                        return Poll::Ready(Ok(Executed::Release(
+                            response.map(ResponseBody::inner),
+                        )));
+                    }
+                    let (parts, body) = response.into_parts();
+                    if body.size_hint().lower() > config.max_body as u64 {
+                        let response = Response::from_parts(parts, ResponseBody::inner(body));
+                        return Poll::Ready(Ok(Executed::NotStored(response)));
+                    }
+                    self.set(Execute::Buffering {
+                        parts: Some(parts),
+                        buffer: Buffer::new(body, config.max_body),
+                    });
+                }
+                ExecuteProj::Buffering { parts, buffer } => {
+                    let buffered = ready!(buffer.poll(cx));
+                    let parts = parts.take().expect("a response is read once");
+                    return Poll::Ready(Ok(match buffered {
+                        Buffered::Complete(bytes) => Executed::Stored(parts, bytes),
+                        Buffered::Unstorable(body) => {
+                            Executed::NotStored(Response::from_parts(parts, body))
+                        }
+                        Buffered::Failed(body) => {
+                            Executed::Release(Response::from_parts(parts, body))
+                        }
+                    }));
+                }
+            }
+        }
     }
-    let (parts, body) = response.into_parts();
-    let max_body = config.max_body;
-    if body.size_hint().lower() > max_body as u64 {
-        let response = Response::from_parts(parts, ResponseBody::inner(body));
-        return Ok(Executed::NotStored(response));
-    }
-    Ok(match buffer(body, max_body).await {
-        Buffered::Complete(bytes) => Executed::Stored(parts, bytes),
-        Buffered::Unstorable(body) => Executed::NotStored(Response::from_parts(parts, body)),
-        Buffered::Failed(body) => Executed::Release(Response::from_parts(parts, body)),
-    })
 }
 
 /// Results a retry could change (a timeout, a conflict, rate limiting, a
@@ -408,39 +636,70 @@ enum Buffered<B> {
     Failed(ResponseBody<B>),
 }
 
-async fn buffer<B>(body: B, max_body: usize) -> Buffered<B>
+/// Reads a response body whole, up to `max_body`.
+struct Buffer<B> {
+    // Boxed so that the unread rest can be handed on after a partial read.
+    body: Option<Pin<Box<B>>>,
+    read: Joined,
+    max_body: usize,
+}
+
+impl<B> Buffer<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    // Boxed so that the unread rest can be handed on after a partial read.
-    let mut body = Box::pin(body);
-    let mut read = Joined::default();
-    // What was read, as frames, for a body that cannot be stored after all.
-    let read_frames = |read: Joined| {
-        let data = read.into_bytes();
+    fn new(body: B, max_body: usize) -> Self {
+        Self {
+            body: Some(Box::pin(body)),
+            read: Joined::default(),
+            max_body,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Buffered<B>> {
+        let body = self.body.as_mut().expect("a body is read once");
+        loop {
+            match ready!(body.as_mut().poll_frame(cx)) {
+                None => return Poll::Ready(Buffered::Complete(self.read().into_bytes())),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if self.read.len() + data.len() <= self.max_body => {
+                        self.read.push(data);
+                    }
+                    // Over `max_body`, or trailers.
+                    frame => {
+                        let mut frames = self.read_frames();
+                        frames.push_back(frame.map_or_else(|trailers| trailers, Frame::data));
+                        let rest = self.body.take();
+                        return Poll::Ready(Buffered::Unstorable(ResponseBody::resumed(
+                            frames, rest, None,
+                        )));
+                    }
+                },
+                Some(Err(err)) => {
+                    let frames = self.read_frames();
+                    self.body = None;
+                    return Poll::Ready(Buffered::Failed(ResponseBody::resumed(
+                        frames,
+                        None,
+                        Some(err.into()),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn read(&mut self) -> Joined {
+        std::mem::take(&mut self.read)
+    }
+
+    /// What was read, as frames, for a body that cannot be stored after all.
+    fn read_frames(&mut self) -> VecDeque<Frame<Bytes>> {
+        let data = self.read().into_bytes();
         let mut frames = VecDeque::with_capacity(2);
         if !data.is_empty() {
             frames.push_back(Frame::data(data));
         }
         frames
-    };
-    loop {
-        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => return Buffered::Complete(read.into_bytes()),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if read.len() + data.len() <= max_body => read.push(data),
-                // Over `max_body`, or trailers.
-                frame => {
-                    let mut frames = read_frames(read);
-                    frames.push_back(frame.map_or_else(|trailers| trailers, Frame::data));
-                    return Buffered::Unstorable(ResponseBody::resumed(frames, Some(body), None));
-                }
-            },
-            Some(Err(err)) => {
-                let frames = read_frames(read);
-                return Buffered::Failed(ResponseBody::resumed(frames, None, Some(err.into())));
-            }
-        }
     }
 }

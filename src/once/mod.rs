@@ -226,7 +226,7 @@ impl<St: IdempotencyStore> Once<St> {
             Err(Refused::InFlight) => return Err(OnceError::InFlight),
             Err(Refused::Store(error)) => return Err(OnceError::Unavailable(error)),
         };
-        let held = HeldClaim::new(self.store.clone(), record, fingerprint, token, &self.rules);
+        let mut held = HeldClaim::new(self.store.clone(), record, fingerprint, token, &self.rules);
         let mut work = pin!(work());
         let result = match held.renewing(self.rules.lease, work.as_mut()).await {
             Renewal::Finished(result) => result,
