@@ -1,6 +1,6 @@
 use std::borrow::Cow;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -130,14 +130,63 @@ struct Usage {
     principal: Cow<'static, str>,
     principal_hash: u64,
     in_flight: usize,
-    // The principal's completed records, oldest completion first.
-    completed: BTreeMap<u64, Arc<RecordKey>>,
+    completed: Completed,
 }
 
 impl Usage {
     fn records(&self) -> usize {
-        self.in_flight + self.completed.len()
+        self.in_flight + self.completed.live
     }
+}
+
+/// A principal's completed records, oldest completion first.
+///
+/// Completions take growing `seq`s, so each goes at the back. A record that
+/// goes away leaves its entry behind, skipped once it reaches the front:
+/// cheaper than an ordered map's search on every completion and every
+/// removal. Entries left behind are swept out whenever they outnumber the
+/// live ones, so the queue holds at most about twice the principal's records.
+#[derive(Debug, Default)]
+struct Completed {
+    entries: VecDeque<(u64, Arc<RecordKey>)>,
+    live: usize,
+}
+
+impl Completed {
+    fn push(&mut self, seq: u64, key: Arc<RecordKey>) {
+        self.entries.push_back((seq, key));
+        self.live += 1;
+    }
+
+    /// One of the records went (it is no longer in `records`).
+    fn forget(&mut self, records: &HashTable<Record>) {
+        self.live -= 1;
+        if self.entries.len() > 2 * self.live + 16 {
+            self.entries
+                .retain(|(seq, key)| is_completion(records, *seq, key));
+        }
+    }
+
+    /// The oldest completed record still in `records`.
+    fn oldest(&mut self, records: &HashTable<Record>) -> Option<&Arc<RecordKey>> {
+        while let Some((seq, key)) = self.entries.front() {
+            if is_completion(records, *seq, key) {
+                break;
+            }
+            self.entries.pop_front();
+        }
+        self.entries.front().map(|(_, key)| key)
+    }
+}
+
+/// Whether `records` holds `key` as the completion numbered `seq` (a record
+/// completed again under the same key has a later number).
+fn is_completion(records: &HashTable<Record>, seq: u64, key: &RecordKey) -> bool {
+    records
+        .find(key.record_hash(), is_record(key))
+        .is_some_and(|record| {
+            record.seq == seq && matches!(record.state, RecordState::Completed(_))
+        })
 }
 
 #[derive(Debug)]
@@ -304,7 +353,7 @@ impl State {
         {
             let usage = entry.get_mut();
             if completed {
-                usage.completed.remove(&record.seq);
+                usage.completed.forget(&self.records);
             } else {
                 usage.in_flight -= 1;
             }
@@ -364,10 +413,11 @@ impl State {
     }
 
     /// Refuses a new claim of `key`'s principal over its quotas.
-    fn check_quota(&self, key: &RecordKey, now: Instant) -> Result<(), StoreError> {
+    fn check_quota(&mut self, key: &RecordKey, now: Instant) -> Result<(), StoreError> {
+        let records = &self.records;
         let Some(usage) = self
             .principals
-            .find(key.principal_hash(), is_principal(key))
+            .find_mut(key.principal_hash(), is_principal(key))
         else {
             return Ok(());
         };
@@ -378,13 +428,13 @@ impl State {
         }
         // Records over the quota cost nobody anything while the store has
         // room; only when room must be made would they push others out.
-        let full = self.records.len() >= self.max_records;
+        let full = records.len() >= self.max_records;
         if full && usage.records() >= self.max_records_per_principal {
             // Room comes back when the principal's oldest result expires.
             let retry_after = usage
                 .completed
-                .first_key_value()
-                .and_then(|(_, key)| self.record(key))
+                .oldest(records)
+                .and_then(|key| records.find(key.record_hash(), is_record(key)))
                 .map_or(MemoryStore::IN_FLIGHT_QUOTA_RETRY_AFTER, |oldest| {
                     oldest.expires_at.saturating_duration_since(now)
                 });
@@ -397,13 +447,14 @@ impl State {
         while self.records.len() >= self.max_records {
             // Expired records are already gone: take a completed one from
             // whoever holds the most, so the heaviest user pays first.
+            let records = &self.records;
             let victim = self
                 .principals
-                .iter()
-                .filter(|usage| !usage.completed.is_empty())
+                .iter_mut()
+                .filter(|usage| usage.completed.live > 0)
                 .max_by_key(|usage| usage.records())
-                .and_then(|usage| usage.completed.first_key_value())
-                .map(|(_, key)| key.clone());
+                .and_then(|usage| usage.completed.oldest(records))
+                .cloned();
             match victim {
                 Some(key) => self.remove(&key),
                 None => return Err(StoreError::Full),
@@ -467,7 +518,7 @@ impl State {
                     principal: key.shared_principal().clone(),
                     principal_hash: key.principal_hash(),
                     in_flight: 1,
-                    completed: BTreeMap::new(),
+                    completed: Completed::default(),
                 });
             }
         }
@@ -508,7 +559,7 @@ impl State {
             record.state = RecordState::Completed(outcome);
             if let Some(usage) = self.usage_mut(key) {
                 usage.in_flight -= 1;
-                usage.completed.insert(seq, shared.clone());
+                usage.completed.push(seq, shared.clone());
             }
         }
         self.index_expiry(expires_at, seq, shared);
@@ -516,40 +567,53 @@ impl State {
     }
 }
 
+// Functions returning `async` blocks rather than `async fn`s: an `async fn`
+// keeps a second copy of its arguments (an outcome, here) in its future, and
+// these futures are part of every keyed request's.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps a second copy of its arguments"
+)]
 impl IdempotencyStore for MemoryStore {
-    async fn claim(
+    fn claim(
         &self,
         key: &RecordKey,
         fingerprint: &Fingerprint,
         lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.lock().claim(key, fingerprint, lease)
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send {
+        async move { self.lock().claim(key, fingerprint, lease) }
     }
 
-    async fn complete(
+    fn complete(
         &self,
         key: &RecordKey,
         token: FencingToken,
         outcome: Outcome,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.lock().extend(key, token, ttl, Some(outcome))
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move { self.lock().extend(key, token, ttl, Some(outcome)) }
     }
 
-    async fn renew(
+    fn renew(
         &self,
         key: &RecordKey,
         token: FencingToken,
         lease: Duration,
-    ) -> Result<(), StoreError> {
-        self.lock().extend(key, token, lease, None)
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move { self.lock().extend(key, token, lease, None) }
     }
 
-    async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.held(key, token)?;
-        state.remove(key);
-        Ok(())
+    fn release(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let mut state = self.lock();
+            state.held(key, token)?;
+            state.remove(key);
+            Ok(())
+        }
     }
 }
 
@@ -594,5 +658,59 @@ mod tests {
         // The short record expired through its rebuilt entry.
         assert!(state.record(&short).is_none());
         assert_eq!(state.records.len(), 1);
+    }
+
+    /// Claims and completes `key` for `ttl`.
+    fn completed(state: &mut State, key: &RecordKey, ttl: Duration) {
+        let fingerprint = Fingerprint::from_bytes([0; 32]);
+        let Ok(Claim::Acquired(token)) = state.claim(key, &fingerprint, Duration::from_secs(60))
+        else {
+            panic!("claim of {} refused", key.key());
+        };
+        let outcome = Outcome::NotStored {
+            status: http::StatusCode::OK,
+        };
+        state.extend(key, token, ttl, Some(outcome)).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_skips_completions_that_went_and_sweeps_them_out() {
+        let store = MemoryStore::with_max_records(3);
+        let key = |name: &str| RecordKey::new("p", name);
+        let long = Duration::from_secs(60);
+        {
+            let mut state = store.lock();
+            completed(&mut state, &key("a"), long);
+            completed(&mut state, &key("b"), Duration::from_secs(1));
+            completed(&mut state, &key("c"), long);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut state = store.lock();
+        // `b` expires and makes the room for `d`.
+        completed(&mut state, &key("d"), long);
+        assert!(state.record(&key("b")).is_none());
+        assert!(state.record(&key("a")).is_some());
+        // Full: the oldest completion goes, `a`; then `c`, past the entry
+        // `b` left behind.
+        completed(&mut state, &key("e"), long);
+        assert!(state.record(&key("a")).is_none());
+        completed(&mut state, &key("f"), long);
+        let held: Vec<_> = ["c", "d", "e", "f"]
+            .into_iter()
+            .filter(|name| state.record(&key(name)).is_some())
+            .collect();
+        assert_eq!(held, ["d", "e", "f"]);
+
+        // Records that go out of order leave entries behind; they do not
+        // pile up.
+        for i in 0..100 {
+            let name = format!("gone-{i}");
+            completed(&mut state, &key(&name), long);
+            state.remove(&key(&name));
+        }
+        let usage = state.principals.iter().next().unwrap();
+        assert_eq!(usage.completed.live, state.records.len());
+        assert_eq!(usage.completed.live, 2);
+        assert!(usage.completed.entries.len() <= 2 * 2 + 16 + 1);
     }
 }
