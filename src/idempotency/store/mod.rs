@@ -104,6 +104,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 /// [`Fingerprint::as_bytes`] / [`Fingerprint::from_bytes`] one for the
 /// fingerprint.
 ///
+/// Each keyed request keeps the store's futures in its own state, which is
+/// allocated once per request; a small future keeps that allocation cheap.
+/// An `async fn` keeps a second copy of its arguments in its future, an
+/// `async` block returned by a plain function keeps one (`MemoryStore`
+/// does this; `async fn`, as below, is fine for a networked store).
+///
 /// # Example
 ///
 /// A store that forwards to another store and counts claims:
