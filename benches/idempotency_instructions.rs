@@ -15,6 +15,9 @@
 //! process with `oneshot`, a JSON payload, the response body collected.
 //! `new_keys` sends a fresh key per request (the handler runs and its result
 //! is stored), `replay` one key again and again (the stored result answers).
+//! `new_keys_many_clients` sends fresh keys from 1,000 clients taking turns,
+//! each with its own `Authorization`, to a store filled beforehand: every
+//! new key makes room, as on a busy server.
 //! What axum-idempotent needs to run is described in `common/server_app.rs`.
 
 #[path = "common/server_app.rs"]
@@ -31,7 +34,7 @@ use tower::ServiceExt;
 // `bare_new_keys` and `bare_replay` send the keys the keyed modes send (the
 // bare handler ignores them), so that making a key and its header, which is
 // the client's work, is not counted as the layer's.
-const MODES: [(&str, &str); 8] = [
+const MODES: [(&str, &str); 10] = [
     ("bare", ""),
     ("bare_new_keys", ""),
     ("bare_replay", ""),
@@ -40,7 +43,16 @@ const MODES: [(&str, &str); 8] = [
     ("tower_reissue_replay", "bare_replay"),
     ("axum_idempotent_new_keys", "bare_new_keys"),
     ("axum_idempotent_replay", "bare_replay"),
+    ("bare_new_keys_many_clients", ""),
+    (
+        "tower_reissue_new_keys_many_clients",
+        "bare_new_keys_many_clients",
+    ),
 ];
+
+/// The clients of the `many_clients` modes, each with its own
+/// `Authorization` (and so its own principal), taking turns.
+const CLIENTS: u64 = 1_000;
 
 fn main() {
     // `cargo bench` passes `--bench`; a bare word is the mode, a number the
@@ -68,7 +80,9 @@ fn main() {
 
 async fn run(mode: &str, requests: u64) {
     let (app, cookie, replayed_header) = match mode {
-        "bare" | "bare_new_keys" | "bare_replay" => (server_app::bare(), None, None),
+        "bare" | "bare_new_keys" | "bare_replay" | "bare_new_keys_many_clients" => {
+            (server_app::bare(), None, None)
+        }
         "axum_idempotent_new_keys" | "axum_idempotent_replay" => {
             let (app, cookie) = server_app::axum_idempotent().await;
             (
@@ -88,6 +102,23 @@ async fn run(mode: &str, requests: u64) {
         "bare" | "tower_reissue_no_key" => {
             for _ in 0..requests {
                 call(&app, None, cookie, None).await;
+            }
+        }
+        "bare_new_keys_many_clients" | "tower_reissue_new_keys_many_clients" => {
+            let clients: Vec<HeaderValue> = (0..CLIENTS)
+                .map(|i| HeaderValue::try_from(format!("Bearer client-{i}")).unwrap())
+                .collect();
+            // Set-up, the same in both run lengths: the store is filled, as a
+            // busy server's is, so that every measured key makes room.
+            for i in 0..10_000 {
+                let key = format!("fill-{i}");
+                let client = &clients[(i % CLIENTS) as usize];
+                call_as(&app, Some(&key), Some(client), None).await;
+            }
+            for i in 0..requests {
+                let key = format!("key-{i}");
+                let client = &clients[(i % CLIENTS) as usize];
+                call_as(&app, Some(&key), Some(client), None).await;
             }
         }
         "bare_new_keys" | "tower_reissue_new_keys" | "axum_idempotent_new_keys" => {
@@ -115,6 +146,30 @@ async fn call(
     replayed_header: Option<&HeaderName>,
 ) {
     let request = server_app::request("/emails", key, cookie);
+    send(app, request, replayed_header).await;
+}
+
+/// A request from the client `authorization` names.
+async fn call_as(
+    app: &Router,
+    key: Option<&str>,
+    authorization: Option<&HeaderValue>,
+    replayed_header: Option<&HeaderName>,
+) {
+    let mut request = server_app::request("/emails", key, None);
+    if let Some(authorization) = authorization {
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, authorization.clone());
+    }
+    send(app, request, replayed_header).await;
+}
+
+async fn send(
+    app: &Router,
+    request: http::Request<axum::body::Body>,
+    replayed_header: Option<&HeaderName>,
+) {
     let response = app.clone().oneshot(request).await.unwrap();
     assert!(response.status().is_success());
     if let Some(name) = replayed_header {

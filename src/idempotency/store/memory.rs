@@ -87,6 +87,20 @@ struct State {
     by_expiry: BinaryHeap<Reverse<Expiry>>,
     // The size at which `by_expiry` is rebuilt without its stale entries.
     rebuild_expiry_at: usize,
+    // Principals by how many records they hold, most first: a full store
+    // finds whose record to drop without a scan of every principal. See
+    // `heaviest_victim` for how its entries are kept.
+    heaviest: BinaryHeap<Heaviest>,
+    next_usage: u64,
+}
+
+/// A principal's record count as of when it last grew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Heaviest {
+    records: usize,
+    principal_hash: u64,
+    // Tells a principal's usage from a later one of the same principal.
+    usage: u64,
 }
 
 /// When the record of `key` stops being live, as of its change `seq`.
@@ -129,6 +143,10 @@ impl Ord for Expiry {
 struct Usage {
     principal: Cow<'static, str>,
     principal_hash: u64,
+    // Which usage this is, and the count of its newest entry, for the
+    // `heaviest` index.
+    id: u64,
+    indexed: usize,
     in_flight: usize,
     completed: Completed,
 }
@@ -260,6 +278,8 @@ impl MemoryStore {
                 records: HashTable::new(),
                 by_expiry: BinaryHeap::new(),
                 rebuild_expiry_at: Self::MIN_EXPIRY_REBUILD,
+                heaviest: BinaryHeap::new(),
+                next_usage: 0,
             })),
         }
     }
@@ -447,20 +467,72 @@ impl State {
         while self.records.len() >= self.max_records {
             // Expired records are already gone: take a completed one from
             // whoever holds the most, so the heaviest user pays first.
-            let records = &self.records;
-            let victim = self
-                .principals
-                .iter_mut()
-                .filter(|usage| usage.completed.live > 0)
-                .max_by_key(|usage| usage.records())
-                .and_then(|usage| usage.completed.oldest(records))
-                .cloned();
-            match victim {
+            match self.heaviest_victim() {
                 Some(key) => self.remove(&key),
                 None => return Err(StoreError::Full),
             }
         }
         Ok(())
+    }
+
+    /// The oldest completed record of the principal holding the most
+    /// records among those with a completed one.
+    ///
+    /// `heaviest` gets an entry whenever a principal's count grows past its
+    /// newest entry's, never when it shrinks: every principal's newest
+    /// entry counts at least what it holds. So the first entry from the top
+    /// whose count is still true belongs to a heaviest principal; one whose
+    /// count is not is replaced by the true count on the way.
+    fn heaviest_victim(&mut self) -> Option<Arc<RecordKey>> {
+        // Heaviest principals with nothing completed, put back afterwards.
+        let mut in_flight_only = Vec::new();
+        let victim = loop {
+            let Some(&top) = self.heaviest.peek() else {
+                break None;
+            };
+            let Some(usage) = self
+                .principals
+                .find_mut(top.principal_hash, |usage| usage.id == top.usage)
+            else {
+                // The principal holds nothing any more.
+                self.heaviest.pop();
+                continue;
+            };
+            if usage.records() != top.records {
+                let records = usage.records();
+                usage.indexed = records;
+                self.heaviest.pop();
+                self.heaviest.push(Heaviest { records, ..top });
+            } else if usage.completed.live == 0 {
+                in_flight_only.extend(self.heaviest.pop());
+            } else {
+                break usage.completed.oldest(&self.records).cloned();
+            }
+        };
+        self.heaviest.extend(in_flight_only);
+        victim
+    }
+
+    /// Enters a principal's grown count in the `heaviest` index.
+    fn index_heaviest(&mut self, usage: Heaviest) {
+        self.heaviest.push(usage);
+        // Rebuilt from the principals once it holds more than about two
+        // entries each, so it stays bounded and each rebuild is paid for by
+        // as many pushes.
+        if self.heaviest.len() > 2 * self.principals.len() + 16 {
+            self.heaviest = self
+                .principals
+                .iter_mut()
+                .map(|usage| {
+                    usage.indexed = usage.records();
+                    Heaviest {
+                        records: usage.indexed,
+                        principal_hash: usage.principal_hash,
+                        usage: usage.id,
+                    }
+                })
+                .collect();
+        }
     }
 
     fn claim(
@@ -507,20 +579,44 @@ impl State {
             Record::hash,
         );
         self.index_expiry(expires_at, seq, shared);
-        match self
+        let next_usage = self.next_usage;
+        let grown = match self
             .principals
             .entry(key.principal_hash(), is_principal(key), |usage| {
                 usage.principal_hash
             }) {
-            hashbrown::hash_table::Entry::Occupied(mut entry) => entry.get_mut().in_flight += 1,
+            hashbrown::hash_table::Entry::Occupied(mut entry) => {
+                let usage = entry.get_mut();
+                usage.in_flight += 1;
+                // A count back up to its newest entry's needs no new entry.
+                (usage.records() > usage.indexed).then(|| {
+                    usage.indexed = usage.records();
+                    Heaviest {
+                        records: usage.indexed,
+                        principal_hash: usage.principal_hash,
+                        usage: usage.id,
+                    }
+                })
+            }
             hashbrown::hash_table::Entry::Vacant(entry) => {
+                self.next_usage += 1;
                 entry.insert(Usage {
                     principal: key.shared_principal().clone(),
                     principal_hash: key.principal_hash(),
+                    id: next_usage,
+                    indexed: 1,
                     in_flight: 1,
                     completed: Completed::default(),
                 });
+                Some(Heaviest {
+                    records: 1,
+                    principal_hash: key.principal_hash(),
+                    usage: next_usage,
+                })
             }
+        };
+        if let Some(grown) = grown {
+            self.index_heaviest(grown);
         }
         Ok(Claim::Acquired(token))
     }
@@ -712,5 +808,47 @@ mod tests {
         assert_eq!(usage.completed.live, state.records.len());
         assert_eq!(usage.completed.live, 2);
         assert!(usage.completed.entries.len() <= 2 * 2 + 16 + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_drops_from_the_heaviest_principal_with_a_completed_record() {
+        let store = MemoryStore::with_max_records(4);
+        let mut state = store.lock();
+        let fingerprint = Fingerprint::from_bytes([0; 32]);
+        let lease = Duration::from_secs(60);
+        let claim = |state: &mut State, principal: &str, key: &str| {
+            state.claim(&RecordKey::new(principal, key), &fingerprint, lease)
+        };
+        for key in ["a1", "a2", "a3"] {
+            completed(&mut state, &RecordKey::new("A", key), lease);
+        }
+        assert!(matches!(
+            claim(&mut state, "B", "b1"),
+            Ok(Claim::Acquired(_))
+        ));
+        // `A` shrinks to one record: its count in the index is now too high.
+        state.remove(&RecordKey::new("A", "a2"));
+        state.remove(&RecordKey::new("A", "a3"));
+        for key in ["b2", "b3"] {
+            assert!(matches!(
+                claim(&mut state, "B", key),
+                Ok(Claim::Acquired(_))
+            ));
+        }
+        // Full. `B` holds the most, but nothing completed: `A`'s goes.
+        assert!(matches!(
+            claim(&mut state, "C", "c1"),
+            Ok(Claim::Acquired(_))
+        ));
+        assert!(state.record(&RecordKey::new("A", "a1")).is_none());
+        for (principal, key) in [("B", "b1"), ("B", "b2"), ("B", "b3"), ("C", "c1")] {
+            assert!(state.record(&RecordKey::new(principal, key)).is_some());
+        }
+        // Only claims in flight are left, and none is dropped.
+        assert!(matches!(
+            claim(&mut state, "D", "d1"),
+            Err(StoreError::Full)
+        ));
+        assert_eq!(state.records.len(), 4);
     }
 }
