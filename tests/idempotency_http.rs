@@ -1082,3 +1082,68 @@ async fn an_unavailable_store_fails_closed_or_open() {
     assert_eq!(open.post("/orders", "k").await.status, StatusCode::CREATED);
     assert_eq!(effects.count(), 1);
 }
+
+/// A `MemoryStore` whose renewals report the lease lost, as a store does
+/// once another execution took the key over.
+#[derive(Clone, Default)]
+struct LosesLeaseOnRenewal {
+    inner: MemoryStore,
+    renewals: Arc<AtomicUsize>,
+}
+
+impl IdempotencyStore for LosesLeaseOnRenewal {
+    async fn claim(
+        &self,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.inner.claim(key, fingerprint, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        token: FencingToken,
+        outcome: Outcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.complete(key, token, outcome, ttl).await
+    }
+    async fn renew(&self, _: &RecordKey, _: FencingToken, _: Duration) -> Result<(), StoreError> {
+        self.renewals.fetch_add(1, Ordering::SeqCst);
+        Err(StoreError::LeaseLost)
+    }
+    async fn release(&self, key: &RecordKey, token: FencingToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_whose_lease_is_lost_still_answers_and_renews_no_more() {
+    let effects = Effects::default();
+    let lease = Duration::from_secs(60);
+    let store = LosesLeaseOnRenewal::default();
+    let app = Router::new()
+        .route("/gated", post(gated))
+        .layer(IdempotencyLayer::new(store.clone()).lease(lease))
+        .with_state(effects.clone());
+    let http = Http::new(app).await;
+    let first = tokio::spawn({
+        let http = http.clone();
+        async move { http.post("/gated", "lost").await }
+    });
+    effects.started.notified().await;
+    // Several renewal periods pass: the first renewal hears the lease is
+    // lost, and no other is tried.
+    tokio::time::sleep(lease * 3).await;
+    assert_eq!(store.renewals.load(Ordering::SeqCst), 1);
+
+    effects.gate.notify_one();
+    let reply = first.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.text()),
+        (StatusCode::CREATED, "created #1"),
+        "the client still gets the handler's answer"
+    );
+    assert_eq!(effects.count(), 1);
+}
