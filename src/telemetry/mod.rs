@@ -187,7 +187,7 @@ pub(crate) enum ServerOutcome {
 }
 
 impl ServerOutcome {
-    fn as_str(self) -> &'static str {
+    const fn as_str(self) -> &'static str {
         match self {
             ServerOutcome::Executed => "executed",
             ServerOutcome::ExecutedUnprotected => "executed_unprotected",
@@ -222,6 +222,47 @@ pub(crate) fn server_answered(outcome: ServerOutcome, status: Option<http::Statu
         }
     }
     #[cfg(feature = "metrics")]
-    ::metrics::counter!(metrics::SERVER_REQUESTS, metrics::LABEL_OUTCOME => outcome.as_str())
+    {
+        static METADATA: ::metrics::Metadata<'static> =
+            ::metrics::Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
+        ::metrics::with_recorder(|recorder| {
+            recorder.register_counter(outcome.metric_key(), &METADATA)
+        })
         .increment(1);
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl ServerOutcome {
+    /// This outcome's key of [`metrics::SERVER_REQUESTS`], made once: every
+    /// keyed request counts one, and a key made per call (as `counter!`
+    /// makes one for a label it cannot see is constant) allocates its
+    /// labels, recorder or not.
+    fn metric_key(self) -> &'static ::metrics::Key {
+        macro_rules! key {
+            ($outcome:ident) => {{
+                static LABELS: [::metrics::Label; 1] = [::metrics::Label::from_static_parts(
+                    metrics::LABEL_OUTCOME,
+                    ServerOutcome::$outcome.as_str(),
+                )];
+                static KEY: ::metrics::Key =
+                    ::metrics::Key::from_static_parts(metrics::SERVER_REQUESTS, &LABELS);
+                &KEY
+            }};
+        }
+        match self {
+            ServerOutcome::Executed => key!(Executed),
+            ServerOutcome::ExecutedUnprotected => key!(ExecutedUnprotected),
+            ServerOutcome::Replayed => key!(Replayed),
+            ServerOutcome::Conflict => key!(Conflict),
+            ServerOutcome::Mismatch => key!(Mismatch),
+            ServerOutcome::MissingKey => key!(MissingKey),
+            ServerOutcome::InvalidKey => key!(InvalidKey),
+            ServerOutcome::RequestTooLarge => key!(RequestTooLarge),
+            ServerOutcome::RequestUnreadable => key!(RequestUnreadable),
+            ServerOutcome::NotStored => key!(NotStored),
+            ServerOutcome::StoreUnavailable => key!(StoreUnavailable),
+            ServerOutcome::QuotaExceeded => key!(QuotaExceeded),
+        }
+    }
 }
