@@ -17,6 +17,8 @@
 
 #[path = "../tests/redis_server/mod.rs"]
 mod redis_server;
+#[path = "common/server_app.rs"]
+mod server_app;
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -25,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::post;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -34,21 +35,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower_reissue::{IdempotencyLayer, MemoryStore, RedisStore};
 
-const PAYLOAD: &str =
-    r#"{"to":"someone@example.com","subject":"Your receipt","template":"receipt-v2"}"#;
 const IN_FLIGHT: u64 = 64;
 const TTL: Duration = Duration::from_secs(300);
-
-async fn send_email(body: String) -> (StatusCode, String) {
-    (
-        StatusCode::CREATED,
-        format!(r#"{{"id":"msg_1","bytes":{}}}"#, body.len()),
-    )
-}
-
-fn app() -> Router {
-    Router::new().route("/emails", post(send_email))
-}
 
 async fn serve(app: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -119,7 +107,7 @@ async fn send(client: &HttpClient, uri: &str, key: Option<String>) {
         request = request.header("idempotency-key", key);
     }
     let response = client
-        .request(request.body(Full::from(PAYLOAD)).unwrap())
+        .request(request.body(Full::from(server_app::PAYLOAD)).unwrap())
         .await
         .expect("the app answers");
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -203,9 +191,9 @@ fn main() {
         let store = RedisStore::from_connection(connection)
             .prefix(format!("bench-{}", uuid::Uuid::new_v4()));
         let memory = MemoryStore::with_max_records(10_000_000);
-        let bare = serve(app()).await;
-        let memory = serve(app().layer(IdempotencyLayer::new(memory).ttl(TTL))).await;
-        let redis = serve(app().layer(IdempotencyLayer::new(store).ttl(TTL))).await;
+        let bare = serve(server_app::bare()).await;
+        let memory = serve(server_app::bare().layer(IdempotencyLayer::new(memory).ttl(TTL))).await;
+        let redis = serve(server_app::bare().layer(IdempotencyLayer::new(store).ttl(TTL))).await;
         let variant = |name, addr: SocketAddr, keys, redis| Variant {
             name,
             uri: format!("http://{addr}/emails"),
