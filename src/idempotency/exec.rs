@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -442,7 +443,16 @@ impl Renewer {
 /// first makes room (a store outage that long is an incident, and memory
 /// must not grow without bound meanwhile).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct KeptResults(Arc<Mutex<HashMap<RecordKey, Kept>>>);
+pub(crate) struct KeptResults(Arc<KeptInner>);
+
+#[derive(Debug, Default)]
+struct KeptInner {
+    results: Mutex<HashMap<RecordKey, Kept>>,
+    // How many `results` holds, as of its last change: nearly always none,
+    // and every keyed request asks, so that answer costs no lock shared by
+    // every request of the process.
+    len: AtomicUsize,
+}
 
 #[derive(Debug)]
 struct Kept {
@@ -454,17 +464,20 @@ struct Kept {
 impl KeptResults {
     const MAX: usize = 10_000;
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RecordKey, Kept>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `change` on the results under their lock.
+    fn change<R>(&self, change: impl FnOnce(&mut HashMap<RecordKey, Kept>) -> R) -> R {
+        let mut results = self.0.results.lock().unwrap_or_else(|e| e.into_inner());
+        let output = change(&mut results);
+        self.0.len.store(results.len(), Ordering::Release);
+        output
     }
 
     /// The live kept result of `record`, if any.
     fn get(&self, record: &RecordKey) -> Option<(Fingerprint, Outcome)> {
-        let mut kept = self.lock();
-        if kept.is_empty() {
+        if self.0.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        match kept.get(record) {
+        self.change(|kept| match kept.get(record) {
             Some(entry) if entry.expires_at > Instant::now() => {
                 Some((entry.fingerprint, entry.outcome.clone()))
             }
@@ -473,34 +486,35 @@ impl KeptResults {
                 None
             }
             None => None,
-        }
+        })
     }
 
     fn remove(&self, record: &RecordKey) {
-        self.lock().remove(record);
+        self.change(|kept| kept.remove(record));
     }
 
     fn insert(&self, record: RecordKey, fingerprint: Fingerprint, outcome: Outcome, ttl: Duration) {
         let now = Instant::now();
-        let mut kept = self.lock();
-        kept.retain(|_, entry| entry.expires_at > now);
-        if kept.len() >= Self::MAX {
-            let first = kept
-                .iter()
-                .min_by_key(|(_, entry)| entry.expires_at)
-                .map(|(key, _)| key.clone());
-            if let Some(first) = first {
-                kept.remove(&first);
+        self.change(|kept| {
+            kept.retain(|_, entry| entry.expires_at > now);
+            if kept.len() >= Self::MAX {
+                let first = kept
+                    .iter()
+                    .min_by_key(|(_, entry)| entry.expires_at)
+                    .map(|(key, _)| key.clone());
+                if let Some(first) = first {
+                    kept.remove(&first);
+                }
             }
-        }
-        let expires_at = after(now, ttl);
-        kept.insert(
-            record,
-            Kept {
-                fingerprint,
-                outcome,
-                expires_at,
-            },
-        );
+            let expires_at = after(now, ttl);
+            kept.insert(
+                record,
+                Kept {
+                    fingerprint,
+                    outcome,
+                    expires_at,
+                },
+            );
+        });
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
-use super::exec::KeptResults;
+use super::exec::{ClaimRules, KeptResults};
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::service::Idempotency;
 use super::store::IdempotencyStore;
@@ -13,34 +13,35 @@ use super::store::IdempotencyStore;
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) ttl: Duration,
-    pub(crate) lease: Duration,
+    // The lease, the wait for a running duplicate and the results kept in
+    // this process: what each request's claim needs, made once.
+    pub(crate) rules: ClaimRules,
     pub(crate) max_body: usize,
     pub(crate) max_request_body: usize,
     pub(crate) required_for: Vec<Method>,
     pub(crate) conflict_retry_after: Duration,
-    pub(crate) wait_for_result: Option<Duration>,
-    pub(crate) wait_poll_interval: Duration,
     pub(crate) fail_open: bool,
     pub(crate) store_retry_after: Duration,
     pub(crate) store_server_errors: bool,
-    pub(crate) kept: KeptResults,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(24 * 60 * 60),
-            lease: Duration::from_secs(60),
+            rules: ClaimRules {
+                lease: Duration::from_secs(60),
+                wait_for_result: None,
+                wait_poll_interval: Duration::from_millis(50),
+                kept: KeptResults::default(),
+            },
             max_body: 1024 * 1024,
             max_request_body: 1024 * 1024,
             required_for: Vec::new(),
             conflict_retry_after: Duration::from_secs(1),
-            wait_for_result: None,
-            wait_poll_interval: Duration::from_millis(50),
             fail_open: false,
             store_retry_after: Duration::from_secs(5),
             store_server_errors: false,
-            kept: KeptResults::default(),
         }
     }
 }
@@ -136,7 +137,7 @@ impl<St, P> IdempotencyLayer<St, P> {
     /// let layer = IdempotencyLayer::new(MemoryStore::new()).lease(Duration::from_secs(10));
     /// ```
     pub fn lease(self, lease: Duration) -> Self {
-        self.configure(|c| c.lease = lease.max(Duration::from_millis(1)))
+        self.configure(|c| c.rules.lease = lease.max(Duration::from_millis(1)))
     }
 
     /// The largest response body that is stored for replay (default 1 MiB).
@@ -204,7 +205,7 @@ impl<St, P> IdempotencyLayer<St, P> {
     /// let layer = IdempotencyLayer::new(MemoryStore::new()).wait_for_result(Duration::from_secs(10));
     /// ```
     pub fn wait_for_result(self, timeout: Duration) -> Self {
-        self.configure(|c| c.wait_for_result = Some(timeout))
+        self.configure(|c| c.rules.wait_for_result = Some(timeout))
     }
 
     /// When the store fails, run the request without deduplication instead of

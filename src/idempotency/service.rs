@@ -17,7 +17,7 @@ use tracing::{Instrument, Span};
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
-use super::exec::{self, Acquired, ClaimRules, Claimed, HeldClaim, Refused, Renewer};
+use super::exec::{self, Acquired, Claimed, HeldClaim, Refused, Renewer};
 use super::future::{KeyedWork, ResponseFuture};
 use super::key;
 use super::layer::Config;
@@ -223,13 +223,7 @@ where
             Err(problem) => return Prepared::Answered(problem.into_response()),
         };
         let fingerprint = Fingerprint::of_request(&parts.method, &parts.uri, &body);
-        let rules = ClaimRules {
-            lease: config.lease,
-            wait_for_result: config.wait_for_result,
-            wait_poll_interval: config.wait_poll_interval,
-            kept: config.kept.clone(),
-        };
-        let token = match claim(&store, &config, &rules, &record, &fingerprint).await {
+        let token = match claim(&store, &config, &record, &fingerprint).await {
             Ok(token) => token,
             Err(answer) => return Prepared::Answered(answer),
         };
@@ -239,7 +233,7 @@ where
             None => Prepared::Unprotected(request),
             Some(token) => Prepared::Acquired(
                 request,
-                HeldClaim::new(store, record, fingerprint, token, &rules),
+                HeldClaim::new(store, record, fingerprint, token, &config.rules),
             ),
         }
     }
@@ -330,7 +324,7 @@ where
                                 call: take_inner(this.inner).call(request),
                             },
                             held: Some(held),
-                            renewer: Renewer::new(this.config.lease),
+                            renewer: Renewer::new(this.config.rules.lease),
                             lost: false,
                         },
                     };
@@ -473,11 +467,10 @@ impl Joined {
 async fn claim<St: IdempotencyStore, B>(
     store: &St,
     config: &Config,
-    rules: &ClaimRules,
     record: &RecordKey,
     fingerprint: &Fingerprint,
 ) -> Result<Option<Acquired>, Response<ResponseBody<B>>> {
-    match exec::claim(store, record, fingerprint, rules).await {
+    match exec::claim(store, record, fingerprint, &config.rules).await {
         Ok(Claimed::Acquired(token)) => Ok(Some(token)),
         Ok(Claimed::Completed(outcome)) => Err(replay(outcome)),
         Err(Refused::FingerprintMismatch) => Err(Problem::KeyReused.into_response()),
