@@ -143,10 +143,8 @@ impl Ord for Expiry {
 struct Usage {
     principal: Cow<'static, str>,
     principal_hash: u64,
-    // Which usage this is, and the count of its newest entry, for the
-    // `heaviest` index.
+    // Which usage this is, for the `heaviest` index.
     id: u64,
-    indexed: usize,
     in_flight: usize,
     completed: Completed,
 }
@@ -478,9 +476,9 @@ impl State {
     /// The oldest completed record of the principal holding the most
     /// records among those with a completed one.
     ///
-    /// `heaviest` gets an entry whenever a principal's count grows past its
-    /// newest entry's, never when it shrinks: every principal's newest
-    /// entry counts at least what it holds. So the first entry from the top
+    /// `heaviest` gets an entry whenever a principal's count grows, never
+    /// when it shrinks: every principal's newest entry counts at least what
+    /// it holds. So the first entry from the top
     /// whose count is still true belongs to a heaviest principal; one whose
     /// count is not is replaced by the true count on the way.
     fn heaviest_victim(&mut self) -> Option<Arc<RecordKey>> {
@@ -500,7 +498,6 @@ impl State {
             };
             if usage.records() != top.records {
                 let records = usage.records();
-                usage.indexed = records;
                 self.heaviest.pop();
                 self.heaviest.push(Heaviest { records, ..top });
             } else if usage.completed.live == 0 {
@@ -522,14 +519,11 @@ impl State {
         if self.heaviest.len() > 2 * self.principals.len() + 16 {
             self.heaviest = self
                 .principals
-                .iter_mut()
-                .map(|usage| {
-                    usage.indexed = usage.records();
-                    Heaviest {
-                        records: usage.indexed,
-                        principal_hash: usage.principal_hash,
-                        usage: usage.id,
-                    }
+                .iter()
+                .map(|usage| Heaviest {
+                    records: usage.records(),
+                    principal_hash: usage.principal_hash,
+                    usage: usage.id,
                 })
                 .collect();
         }
@@ -588,15 +582,11 @@ impl State {
             hashbrown::hash_table::Entry::Occupied(mut entry) => {
                 let usage = entry.get_mut();
                 usage.in_flight += 1;
-                // A count back up to its newest entry's needs no new entry.
-                (usage.records() > usage.indexed).then(|| {
-                    usage.indexed = usage.records();
-                    Heaviest {
-                        records: usage.indexed,
-                        principal_hash: usage.principal_hash,
-                        usage: usage.id,
-                    }
-                })
+                Heaviest {
+                    records: usage.records(),
+                    principal_hash: usage.principal_hash,
+                    usage: usage.id,
+                }
             }
             hashbrown::hash_table::Entry::Vacant(entry) => {
                 self.next_usage += 1;
@@ -604,20 +594,17 @@ impl State {
                     principal: key.shared_principal().clone(),
                     principal_hash: key.principal_hash(),
                     id: next_usage,
-                    indexed: 1,
                     in_flight: 1,
                     completed: Completed::default(),
                 });
-                Some(Heaviest {
+                Heaviest {
                     records: 1,
                     principal_hash: key.principal_hash(),
                     usage: next_usage,
-                })
+                }
             }
         };
-        if let Some(grown) = grown {
-            self.index_heaviest(grown);
-        }
+        self.index_heaviest(grown);
         Ok(Claim::Acquired(token))
     }
 
