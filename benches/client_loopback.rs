@@ -1,7 +1,9 @@
 //! Throughput of a hyper-util client over loopback: POSTs with a 1 KiB body
 //! to a hyper server on 127.0.0.1, 32 in flight, through the bare client,
 //! `tower::retry` (the policy of the other retry benches), `RetryLayer`, and
-//! `RetryLayer` over `IdempotencyKeyLayer`.
+//! `RetryLayer` over `IdempotencyKeyLayer`, and `Floor`: the least a retry
+//! layer does on the success path (`retry_peers/mod.rs`), which no retry
+//! layer keeping the design's contract can beat.
 //!
 //! ```text
 //! cargo bench --bench client_loopback
@@ -33,7 +35,7 @@ use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 use tower_reissue::{IdempotencyKeyLayer, RetryLayer};
 
-use retry_peers::{TowerPolicy, post_request_to};
+use retry_peers::{Floor, TowerPolicy, post_request_to};
 
 const IN_FLIGHT: usize = 32;
 
@@ -59,10 +61,11 @@ fn main() {
             (
                 "tower_retry",
                 variant(
-                    tower::retry::RetryLayer::new(TowerPolicy::new()).layer(plain),
+                    tower::retry::RetryLayer::new(TowerPolicy::new()).layer(plain.clone()),
                     uri,
                 ),
             ),
+            ("floor", variant(Floor::new(plain), uri)),
             (
                 "tower_reissue",
                 variant(RetryLayer::new().layer(replayable.clone()), uri),

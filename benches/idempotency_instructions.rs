@@ -18,6 +18,9 @@
 //! `new_keys_many_clients` sends fresh keys from 1,000 clients taking turns,
 //! each with its own `Authorization`, to a store filled beforehand: every
 //! new key makes room, as on a busy server.
+//! `floor_*` run the same workloads behind `Floor`, the least an idempotency
+//! layer does (`common/server_app.rs` says what it leaves out): what no
+//! layer keeping the contract can cost less than.
 //! What axum-idempotent needs to run is described in `common/server_app.rs`.
 
 #[path = "common/server_app.rs"]
@@ -34,7 +37,7 @@ use tower::ServiceExt;
 // `bare_new_keys` and `bare_replay` send the keys the keyed modes send (the
 // bare handler ignores them), so that making a key and its header, which is
 // the client's work, is not counted as the layer's.
-const MODES: [(&str, &str); 10] = [
+const MODES: [(&str, &str); 12] = [
     ("bare", ""),
     ("bare_new_keys", ""),
     ("bare_replay", ""),
@@ -43,6 +46,8 @@ const MODES: [(&str, &str); 10] = [
     ("tower_reissue_replay", "bare_replay"),
     ("axum_idempotent_new_keys", "bare_new_keys"),
     ("axum_idempotent_replay", "bare_replay"),
+    ("floor_new_keys", "bare_new_keys"),
+    ("floor_replay", "bare_replay"),
     ("bare_new_keys_many_clients", ""),
     (
         "tower_reissue_new_keys_many_clients",
@@ -91,6 +96,11 @@ async fn run(mode: &str, requests: u64) {
                 Some(HeaderName::from_static("idempotency-replayed")),
             )
         }
+        "floor_new_keys" | "floor_replay" => (
+            server_app::floor(),
+            None,
+            Some(HeaderName::from_static("idempotent-replayed")),
+        ),
         _ => (
             server_app::tower_reissue(),
             None,
@@ -121,7 +131,10 @@ async fn run(mode: &str, requests: u64) {
                 call_as(&app, Some(&key), Some(client), None).await;
             }
         }
-        "bare_new_keys" | "tower_reissue_new_keys" | "axum_idempotent_new_keys" => {
+        "bare_new_keys"
+        | "tower_reissue_new_keys"
+        | "axum_idempotent_new_keys"
+        | "floor_new_keys" => {
             for i in 0..requests {
                 let key = format!("key-{i}");
                 call(&app, Some(&key), cookie, None).await;

@@ -15,8 +15,10 @@
 //! share a worker. Timings on a shared machine drift, so the variants run in
 //! interleaved rounds, each running every variant for a fixed number of
 //! requests; the figure is the median over the rounds, and the ratio is to
-//! the bare server under the same workload. What axum-idempotent needs to run is described
-//! in `common/server_app.rs`.
+//! the bare server under the same workload. `floor` is the handler behind
+//! `Floor`, the least an idempotency layer does: no layer that keeps the
+//! contract can be faster. What it leaves out, and what axum-idempotent
+//! needs to run, are described in `common/server_app.rs`.
 
 #[path = "common/server_app.rs"]
 mod server_app;
@@ -177,6 +179,12 @@ fn main() {
         Variant {
             name: "tower-reissue",
             url: serve(&servers, server_app::tower_reissue()),
+            cookie: None,
+            replayed_header: Some("idempotent-replayed"),
+        },
+        Variant {
+            name: "floor",
+            url: serve(&servers, server_app::floor()),
             cookie: None,
             replayed_header: Some("idempotent-replayed"),
         },

@@ -14,13 +14,16 @@
 // Each bench uses the part it measures.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum_idempotent::{IdempotentLayer, IdempotentOptions};
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use ruts::store::Ttl;
 use ruts::store::moka::MokaStore;
 use ruts::{CookieOptions, Session, SessionLayer};
@@ -102,4 +105,127 @@ pub fn request(uri: &str, key: Option<&str>, cookie: Option<&HeaderValue>) -> Re
         request = request.header("cookie", cookie);
     }
     request.body(Body::from(PAYLOAD)).unwrap()
+}
+
+/// The handler behind [`Floor`]: the least any idempotency layer does.
+pub fn floor() -> Router {
+    // One table for every service the router makes of the layer.
+    let results = Arc::default();
+    bare().layer(tower::layer::layer_fn(move |inner| Floor {
+        inner,
+        results: Arc::clone(&results),
+    }))
+}
+
+/// The least an idempotency layer can do and keep the contract a client
+/// sees: the first result stored under its key and replayed, a concurrent
+/// duplicate answered 409, a key reused for another payload 422. So it reads
+/// the key, buffers the request body and fingerprints it, claims the key,
+/// runs the handler, buffers its response and stores it. It does nothing
+/// else a real layer must: no expiry or lease (a claim whose request was
+/// cancelled stays forever), no bound on memory, no principal (clients share
+/// one key space), no store behind a trait (a shared store is impossible),
+/// no result stored once the client is gone. It is not offered for use: it is
+/// the floor the benches measure tower-reissue against, and a layer that
+/// does more cannot cost less than this one does.
+#[derive(Clone)]
+pub struct Floor<S> {
+    inner: S,
+    results: Arc<std::sync::Mutex<std::collections::HashMap<Box<[u8]>, FloorEntry>>>,
+}
+
+pub enum FloorEntry {
+    InFlight,
+    Done {
+        fingerprint: blake3::Hash,
+        status: StatusCode,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    },
+}
+
+impl<S> tower::Service<Request<Body>> for Floor<S>
+where
+    S: tower::Service<Request<Body>, Response = axum::response::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // The clone that was made ready is the one called (tower's rule).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let Some(key) = request.headers().get("idempotency-key") else {
+            return Box::pin(inner.call(request));
+        };
+        let key: Box<[u8]> = key.as_bytes().into();
+        let results = self.results.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
+                return Ok(StatusCode::BAD_REQUEST.into_response());
+            };
+            let fingerprint = blake3::hash(&body);
+            {
+                let mut results = results.lock().unwrap();
+                match results.get(&key) {
+                    Some(FloorEntry::Done {
+                        fingerprint: stored,
+                        status,
+                        headers,
+                        body,
+                    }) => {
+                        if *stored != fingerprint {
+                            return Ok(StatusCode::UNPROCESSABLE_ENTITY.into_response());
+                        }
+                        let mut response = Response::new(Body::from(body.clone()));
+                        *response.status_mut() = *status;
+                        *response.headers_mut() = headers.clone();
+                        response
+                            .headers_mut()
+                            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                        return Ok(response);
+                    }
+                    Some(FloorEntry::InFlight) => {
+                        return Ok(StatusCode::CONFLICT.into_response());
+                    }
+                    None => {
+                        results.insert(key.clone(), FloorEntry::InFlight);
+                    }
+                }
+            }
+            let response = inner
+                .call(Request::from_parts(parts, Body::from(body)))
+                .await?;
+            let (parts, body) = response.into_parts();
+            let Ok(body) = body.collect().await.map(|body| body.to_bytes()) else {
+                results.lock().unwrap().remove(&key);
+                return Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            };
+            results.lock().unwrap().insert(
+                key,
+                FloorEntry::Done {
+                    fingerprint,
+                    status: parts.status,
+                    headers: parts.headers.clone(),
+                    body: body.clone(),
+                },
+            );
+            Ok(Response::from_parts(parts, Body::from(body)))
+        })
+    }
 }

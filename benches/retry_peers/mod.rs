@@ -131,3 +131,91 @@ pub fn tower_resilience<Req, RB, E>() -> tower_resilience_retry::RetryLayer<Req,
         .retry_on_response(|res: &Response<RB>| res.status().is_server_error())
         .build()
 }
+
+/// The least a retry layer does on the success path and keeps the design's
+/// contract: a copy of the request (body included) kept until the attempt
+/// ends, so that it could be sent again; a clone of the inner service to
+/// send it with; a deposit in the retry budget; the status looked at; and
+/// the `Attempts` extension on the response. It never retries (there is no
+/// classifier, backoff, deadline or span), so it is not a retry layer: it is
+/// the floor the benches measure retry layers against, and one that does
+/// this much cannot cost less.
+#[derive(Clone)]
+pub struct Floor<S> {
+    inner: S,
+    budget: tower_reissue::RetryBudget,
+}
+
+impl<S> Floor<S> {
+    pub fn new(inner: S) -> Self {
+        Floor {
+            inner,
+            budget: tower_reissue::RetryBudget::new(0.2),
+        }
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Floor<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    B: Clone,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = FloorFuture<S::Future, S, Request<B>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let mut copy = Request::new(request.body().clone());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        let service = self.inner.clone();
+        FloorFuture {
+            future: self.inner.call(request),
+            _kept: (service, copy),
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Floor`].
+    pub struct FloorFuture<F, S, R> {
+        #[pin]
+        future: F,
+        // What a retry would need: the service and the request's copy.
+        _kept: (S, R),
+        budget: tower_reissue::RetryBudget,
+    }
+}
+
+impl<F, S, R, RB, E> std::future::Future for FloorFuture<F, S, R>
+where
+    F: std::future::Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.future.poll(cx));
+        if let Ok(response) = &mut result {
+            if !response.status().is_server_error() {
+                this.budget.deposit();
+            }
+            response.extensions_mut().insert(Attempts(1));
+        }
+        std::task::Poll::Ready(result)
+    }
+}
