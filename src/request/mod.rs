@@ -194,7 +194,11 @@ pub struct HttpTemplate<B> {
     slot: Option<KeySlot>,
 }
 
-impl<B: http_body::Body> RetryRequest for http::Request<B> {
+impl<B> RetryRequest for http::Request<B>
+where
+    B: http_body::Body,
+    B::Error: Into<crate::BoxError>,
+{
     type Attempt = http::Request<ReplayBody<B>>;
     type Template = HttpTemplate<B>;
 

@@ -19,6 +19,10 @@ use crate::BoxError;
 /// the limit is streamed once and the copy is dropped: such a request is not
 /// retried.
 ///
+/// A body that is whole when it is wrapped (one frame of known length, ready
+/// at once, as `Full`, `Bytes` and `String` bodies are) is read then, and
+/// every copy is a clone of its bytes: nothing is shared or locked.
+///
 /// Any [`http_body::Body`] works: `Full`, `Empty`, `String`, `Bytes`, a
 /// streamed body, or hyper's `Incoming` when proxying. The retry layer wraps
 /// request bodies in it, so the service under the layer sees
@@ -39,8 +43,21 @@ use crate::BoxError;
 /// # }
 /// ```
 pub struct ReplayBody<B> {
-    /// `None` for a body that was empty from the start: nothing to keep.
-    shared: Option<Arc<Shared<B>>>,
+    source: Source<B>,
+}
+
+// Two variants, so that the tag lives in a spare value of `sent` and a copy
+// is no larger than its largest variant: copies are moved with the request.
+enum Source<B> {
+    /// A body that was whole when wrapped, or empty (no bytes): every copy
+    /// is a clone of its bytes. `sent`: this copy has yielded them.
+    Whole { bytes: Bytes, sent: bool },
+    /// Any other body: copies share what the reading copy captured.
+    Shared(SharedCopy<B>),
+}
+
+struct SharedCopy<B> {
+    shared: Arc<Shared<B>>,
     /// The original body, while this copy is the one reading it.
     reader: Option<Pin<Box<B>>>,
     /// How many captured chunks this copy has yielded.
@@ -63,6 +80,9 @@ struct State<B> {
     /// The unread rest of the original, handed back by a copy dropped before
     /// the end.
     rest: Option<Pin<Box<B>>>,
+    /// The error the original gave when it was read on wrapping: the copy
+    /// that reads on from there yields it.
+    error: Option<BoxError>,
     complete: bool,
     over_limit: bool,
     failed: bool,
@@ -89,6 +109,8 @@ type ReadFrame<E> = Poll<Option<Result<Frame<Bytes>, ReadError<E>>>>;
 /// of it is still held by another copy.
 enum ReadError<E> {
     Body(E),
+    /// The original's error, read on wrapping.
+    Boxed(BoxError),
     InUse,
 }
 
@@ -100,7 +122,11 @@ impl<B> Shared<B> {
     }
 }
 
-impl<B: Body> ReplayBody<B> {
+impl<B> ReplayBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
     /// Wraps `body` for the first attempt, keeping up to `limit` bytes for
     /// replays. Returns the body to send now and a handle to make replays
     /// from.
@@ -108,39 +134,96 @@ impl<B: Body> ReplayBody<B> {
         if body.is_end_stream() {
             return (Self::empty(), Self::empty());
         }
+        let mut body = Box::pin(body);
+        let mut state = State {
+            chunks: SmallVec::new(),
+            len: 0,
+            trailers: None,
+            rest: None,
+            error: None,
+            complete: false,
+            over_limit: false,
+            failed: false,
+        };
+        // A body of known length within the limit is read once now: if it
+        // is ready and whole, as in-memory bodies are, every copy is a clone
+        // of its bytes. The waker is a no-op: a body that is not ready keeps
+        // the waker of its latest poll, the attempt's. Whatever the read
+        // gave is kept for the first copy, as if an earlier copy had read it.
+        let mut read = false;
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= limit as u64)
+        {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(frame) = body.as_mut().poll_frame(&mut cx) {
+                read = true;
+                match frame {
+                    None => return (Self::empty(), Self::empty()),
+                    Some(Err(error)) => {
+                        state.failed = true;
+                        state.error = Some(error.into());
+                    }
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(mut data) => {
+                            let bytes = data.copy_to_bytes(data.remaining());
+                            let fits = bytes.len() <= limit;
+                            if fits && body.is_end_stream() {
+                                return (Self::whole(bytes.clone()), Self::whole(bytes));
+                            }
+                            // Longer than its size hint said: the first copy
+                            // still sends it, no replay does.
+                            state.over_limit = !fits;
+                            state.len = bytes.len();
+                            state.chunks.push(bytes);
+                        }
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                state.trailers = Some(trailers);
+                                state.complete = true;
+                            }
+                        }
+                    },
+                }
+            }
+        }
+        let reader = if read {
+            if !state.complete {
+                state.rest = Some(body);
+            }
+            None
+        } else {
+            Some(body)
+        };
         let shared = Arc::new(Shared {
             limit,
-            state: Mutex::new(State {
-                chunks: SmallVec::new(),
-                len: 0,
-                trailers: None,
-                rest: None,
-                complete: false,
-                over_limit: false,
-                failed: false,
-            }),
+            state: Mutex::new(state),
         });
-        let first = ReplayBody {
-            shared: Some(shared.clone()),
-            reader: Some(Box::pin(body)),
-            replayed: 0,
-            trailers_done: false,
-        };
-        let handle = ReplayBody {
-            shared: Some(shared),
-            reader: None,
-            replayed: 0,
-            trailers_done: false,
-        };
-        (first, handle)
+        let first = Self::shared(shared.clone(), reader);
+        (first, Self::shared(shared, None))
+    }
+}
+
+impl<B: Body> ReplayBody<B> {
+    fn whole(bytes: Bytes) -> Self {
+        ReplayBody {
+            source: Source::Whole { bytes, sent: false },
+        }
     }
 
     fn empty() -> Self {
+        Self::whole(Bytes::new())
+    }
+
+    fn shared(shared: Arc<Shared<B>>, reader: Option<Pin<Box<B>>>) -> Self {
         ReplayBody {
-            shared: None,
-            reader: None,
-            replayed: 0,
-            trailers_done: true,
+            source: Source::Shared(SharedCopy {
+                shared,
+                reader,
+                replayed: 0,
+                trailers_done: false,
+            }),
         }
     }
 
@@ -148,8 +231,9 @@ impl<B: Body> ReplayBody<B> {
     /// one: the body was over the limit, it failed, or an earlier attempt
     /// still holds the unread rest of it.
     pub fn replay(&self) -> Result<Self, NotReplayable> {
-        let Some(shared) = &self.shared else {
-            return Ok(Self::empty());
+        let shared = match &self.source {
+            Source::Whole { bytes, .. } => return Ok(Self::whole(bytes.clone())),
+            Source::Shared(copy) => &copy.shared,
         };
         {
             let state = shared.lock();
@@ -158,12 +242,7 @@ impl<B: Body> ReplayBody<B> {
                 return Err(NotReplayable::InUse);
             }
         }
-        Ok(ReplayBody {
-            shared: Some(shared.clone()),
-            reader: None,
-            replayed: 0,
-            trailers_done: false,
-        })
+        Ok(Self::shared(shared.clone(), None))
     }
 
     /// Whether [`replay`](ReplayBody::replay) would succeed now.
@@ -174,10 +253,17 @@ impl<B: Body> ReplayBody<B> {
     /// `poll_frame` without the error conversion, so that a body whose
     /// error is not a `BoxError` can still be read for a dead letter.
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> ReadFrame<B::Error> {
-        let this = self;
-        let Some(shared) = &this.shared else {
-            return Poll::Ready(None);
+        let this = match &mut self.source {
+            Source::Whole { bytes, sent } => {
+                if *sent || bytes.is_empty() {
+                    return Poll::Ready(None);
+                }
+                *sent = true;
+                return Poll::Ready(Some(Ok(Frame::data(bytes.clone()))));
+            }
+            Source::Shared(copy) => copy,
         };
+        let shared = &this.shared;
         loop {
             if this.reader.is_none() {
                 let mut state = shared.lock();
@@ -194,6 +280,9 @@ impl<B: Body> ReplayBody<B> {
                         }
                     }
                     return Poll::Ready(None);
+                }
+                if let Some(error) = state.error.take() {
+                    return Poll::Ready(Some(Err(ReadError::Boxed(error))));
                 }
                 // Everything captured so far is replayed: continue with the
                 // original where the previous copy left it.
@@ -272,8 +361,9 @@ impl<B: Body> ReplayBody<B> {
     /// refused before sending it, say) is read now, as far as it can be
     /// without waiting: `Full`, `Bytes` and `String` bodies always can.
     pub(crate) fn kept_bytes(&self) -> Result<Bytes, NotReplayable> {
-        let Some(shared) = &self.shared else {
-            return Ok(Bytes::new());
+        let shared = match &self.source {
+            Source::Whole { bytes, .. } => return Ok(bytes.clone()),
+            Source::Shared(copy) => &copy.shared,
         };
         let unread = {
             let state = shared.lock();
@@ -319,6 +409,7 @@ where
             frame.map(|frame| {
                 frame.map_err(|error| match error {
                     ReadError::Body(error) => error.into(),
+                    ReadError::Boxed(error) => error,
                     ReadError::InUse => NotReplayable::InUse.into(),
                 })
             })
@@ -326,30 +417,34 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let Some(shared) = &self.shared else {
-            return true;
+        let this = match &self.source {
+            Source::Whole { bytes, sent } => return *sent || bytes.is_empty(),
+            Source::Shared(copy) => copy,
         };
-        if let Some(reader) = &self.reader {
+        if let Some(reader) = &this.reader {
             return reader.is_end_stream();
         }
-        let state = shared.lock();
+        let state = this.shared.lock();
         state.complete
-            && self.replayed >= state.chunks.len()
-            && (self.trailers_done || state.trailers.is_none())
+            && this.replayed >= state.chunks.len()
+            && (this.trailers_done || state.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let Some(shared) = &self.shared else {
-            return SizeHint::with_exact(0);
+        let this = match &self.source {
+            Source::Whole { bytes, sent } => {
+                return SizeHint::with_exact(if *sent { 0 } else { bytes.len() as u64 });
+            }
+            Source::Shared(copy) => copy,
         };
-        if let Some(reader) = &self.reader {
+        if let Some(reader) = &this.reader {
             return reader.size_hint();
         }
-        let state = shared.lock();
+        let state = this.shared.lock();
         let pending: u64 = state
             .chunks
             .iter()
-            .skip(self.replayed)
+            .skip(this.replayed)
             .map(|c| c.len() as u64)
             .sum();
         if state.complete {
@@ -369,25 +464,33 @@ where
     }
 }
 
-impl<B> Drop for ReplayBody<B> {
+impl<B> Drop for SharedCopy<B> {
     fn drop(&mut self) {
-        if let (Some(shared), Some(reader)) = (&self.shared, self.reader.take()) {
+        if let Some(reader) = self.reader.take() {
             // Hand the unread rest back so that the next copy can go on
             // reading it after replaying what was captured.
-            shared.lock().rest = Some(reader);
+            self.shared.lock().rest = Some(reader);
         }
     }
 }
 
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplayBody")
-            .field("empty", &self.shared.is_none())
-            .field("reading_original", &self.reader.is_some())
-            .field("replayed_chunks", &self.replayed)
-            .finish()
+        let mut f = f.debug_struct("ReplayBody");
+        match &self.source {
+            Source::Whole { bytes, sent } => f
+                .field("empty", &bytes.is_empty())
+                .field("whole_len", &bytes.len())
+                .field("sent", sent),
+            Source::Shared(copy) => f
+                .field("empty", &false)
+                .field("reading_original", &copy.reader.is_some())
+                .field("replayed_chunks", &copy.replayed),
+        }
+        .finish()
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +515,144 @@ mod tests {
         assert_eq!(
             handle.kept_bytes().unwrap_err(),
             NotReplayable::TooLarge { limit: 2 }
+        );
+    }
+
+    /// One poll of a [`Scripted`] body.
+    type ScriptedPoll = Poll<Option<Result<Frame<Bytes>, &'static str>>>;
+
+    /// A body that plays a script of polls, with the size hint it declares.
+    struct Scripted {
+        polls: std::collections::VecDeque<ScriptedPoll>,
+        exact: u64,
+    }
+
+    impl Scripted {
+        fn new(exact: u64, polls: impl IntoIterator<Item = ScriptedPoll>) -> Self {
+            Scripted {
+                polls: polls.into_iter().collect(),
+                exact,
+            }
+        }
+    }
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = &'static str;
+
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> ScriptedPoll {
+            match self.polls.pop_front() {
+                Some(Poll::Pending) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(ready) => ready,
+                None => Poll::Ready(None),
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.exact)
+        }
+    }
+
+    fn data(bytes: &'static str) -> ScriptedPoll {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(bytes.as_bytes())))))
+    }
+
+    /// Every frame a copy yields, polled to its end; an error ends it.
+    fn read_all(body: &mut ReplayBody<Scripted>) -> Vec<Result<Frame<Bytes>, String>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = Vec::new();
+        loop {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Pending => continue,
+                Poll::Ready(None) => return frames,
+                Poll::Ready(Some(Ok(frame))) => frames.push(Ok(frame)),
+                Poll::Ready(Some(Err(error))) => {
+                    frames.push(Err(error.to_string()));
+                    return frames;
+                }
+            }
+        }
+    }
+
+    fn datas(frames: &[Result<Frame<Bytes>, String>]) -> Vec<Bytes> {
+        frames
+            .iter()
+            .filter_map(|frame| frame.as_ref().ok()?.data_ref().cloned())
+            .collect()
+    }
+
+    /// An in-memory body is read on wrapping: copies are clones of its
+    /// bytes, and each says how long it is until it has sent them.
+    #[test]
+    fn a_whole_body_is_copied_without_sharing() {
+        let (mut first, handle) = ReplayBody::new(Full::new(Bytes::from("hello")), 64);
+        assert!(matches!(first.source, Source::Whole { .. }));
+        assert_eq!(first.size_hint().exact(), Some(5));
+        assert!(!first.is_end_stream());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut first).poll_frame(&mut cx) else {
+            panic!("the whole body is ready");
+        };
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(first.is_end_stream());
+        assert_eq!(first.size_hint().exact(), Some(0));
+        assert!(Pin::new(&mut first).poll_frame(&mut cx).is_ready());
+        assert_eq!(handle.kept_bytes().unwrap(), "hello");
+        let again = handle.replay().unwrap();
+        assert_eq!(again.size_hint().exact(), Some(5));
+        assert!(!again.is_end_stream());
+    }
+
+    /// A body of known length that is not whole on wrapping (two frames, a
+    /// first poll that is pending, an error first, trailers only, more bytes
+    /// than it declared) loses nothing: the first copy yields what the body
+    /// gives, and replays follow the usual rules.
+    #[test]
+    fn a_body_read_on_wrapping_yields_everything_to_the_first_copy() {
+        let (mut first, handle) = ReplayBody::new(Scripted::new(6, [data("abc"), data("def")]), 64);
+        assert!(matches!(first.source, Source::Shared(_)));
+        assert_eq!(datas(&read_all(&mut first)), ["abc", "def"]);
+        assert_eq!(
+            datas(&read_all(&mut handle.replay().unwrap())),
+            ["abc", "def"]
+        );
+
+        let (mut first, handle) =
+            ReplayBody::new(Scripted::new(3, [Poll::Pending, data("abc")]), 64);
+        assert_eq!(datas(&read_all(&mut first)), ["abc"]);
+        assert_eq!(handle.kept_bytes().unwrap(), "abc");
+
+        let (mut first, handle) =
+            ReplayBody::new(Scripted::new(3, [Poll::Ready(Some(Err("reset")))]), 64);
+        let read = read_all(&mut first);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].as_ref().unwrap_err(), "reset");
+        assert_eq!(handle.replay().unwrap_err(), NotReplayable::BodyFailed);
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("checksum", "abc".parse().unwrap());
+        let (mut first, handle) = ReplayBody::new(
+            Scripted::new(
+                0,
+                [Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))))],
+            ),
+            64,
+        );
+        let read = read_all(&mut first);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].as_ref().unwrap().trailers_ref(), Some(&trailers));
+        let read = read_all(&mut handle.replay().unwrap());
+        assert_eq!(read[0].as_ref().unwrap().trailers_ref(), Some(&trailers));
+
+        // Declared 2 bytes, sent 5, over a limit of 3: sent once, not kept.
+        let (mut first, handle) = ReplayBody::new(Scripted::new(2, [data("hello")]), 3);
+        assert_eq!(datas(&read_all(&mut first)), ["hello"]);
+        assert_eq!(
+            handle.replay().unwrap_err(),
+            NotReplayable::TooLarge { limit: 3 }
         );
     }
 }
