@@ -117,13 +117,17 @@ pub fn floor() -> Router {
     }))
 }
 
+/// How many results [`Floor`] keeps: as many as `MemoryStore` by default.
+const FLOOR_CAPACITY: usize = 10_000;
+
 /// The least an idempotency layer can do and keep the contract a client
 /// sees: the first result stored under its key and replayed, a concurrent
 /// duplicate answered 409, a key reused for another payload 422. So it reads
 /// the key, buffers the request body and fingerprints it, claims the key,
 /// runs the handler, buffers its response and stores it. It does nothing
 /// else a real layer must: no expiry or lease (a claim whose request was
-/// cancelled stays forever), no bound on memory, no principal (clients share
+/// cancelled stays until the table is full), memory bounded only by
+/// forgetting everything when the table is full, no principal (clients share
 /// one key space), no store behind a trait (a shared store is impossible),
 /// no result stored once the client is gone. It is not offered for use: it is
 /// the floor the benches measure tower-reissue against, and a layer that
@@ -204,6 +208,12 @@ where
                         return Ok(StatusCode::CONFLICT.into_response());
                     }
                     None => {
+                        // The cheapest bound on memory: forget everything
+                        // at once, as often as a store of the same size
+                        // would have to drop one result per new key.
+                        if results.len() >= FLOOR_CAPACITY {
+                            results.clear();
+                        }
                         results.insert(key.clone(), FloorEntry::InFlight);
                     }
                 }
