@@ -1,7 +1,7 @@
 //! Throughput of a hyper-util client over loopback: POSTs with a 1 KiB body
 //! to a hyper server on 127.0.0.1, 32 in flight, through the bare client,
 //! `tower::retry` (the policy of the other retry benches), `RetryLayer`, and
-//! `RetryLayer` over `IdempotencyKeyLayer`, and `Floor`: the least a retry
+//! `RetryLayer` over `IdempotencyKeyLayer`, and `Minimal`: the least a retry
 //! layer does on the success path (`retry_peers/mod.rs`), which no retry
 //! layer keeping the design's contract can beat.
 //!
@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 use tower_reissue::{IdempotencyKeyLayer, RetryLayer};
 
-use retry_peers::{Floor, TowerPolicy, post_request_to};
+use retry_peers::{Minimal, TowerPolicy, post_request_to};
 
 const IN_FLIGHT: usize = 32;
 
@@ -65,7 +65,7 @@ fn main() {
                     uri,
                 ),
             ),
-            ("floor", variant(Floor::new(plain), uri)),
+            ("minimal", variant(Minimal::new(plain), uri)),
             (
                 "tower_reissue",
                 variant(RetryLayer::new().layer(replayable.clone()), uri),

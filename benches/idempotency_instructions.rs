@@ -18,7 +18,7 @@
 //! `new_keys_many_clients` sends fresh keys from 1,000 clients taking turns,
 //! each with its own `Authorization`, to a store filled beforehand: every
 //! new key makes room, as on a busy server.
-//! `floor_*` run the same workloads behind `Floor`, the least an idempotency
+//! `minimal_*` run the same workloads behind `Minimal`, the least an idempotency
 //! layer does (`common/server_app.rs` says what it leaves out): what no
 //! layer keeping the contract can cost less than.
 //! What axum-idempotent needs to run is described in `common/server_app.rs`.
@@ -46,8 +46,8 @@ const MODES: [(&str, &str); 12] = [
     ("tower_reissue_replay", "bare_replay"),
     ("axum_idempotent_new_keys", "bare_new_keys"),
     ("axum_idempotent_replay", "bare_replay"),
-    ("floor_new_keys", "bare_new_keys"),
-    ("floor_replay", "bare_replay"),
+    ("minimal_new_keys", "bare_new_keys"),
+    ("minimal_replay", "bare_replay"),
     ("bare_new_keys_many_clients", ""),
     (
         "tower_reissue_new_keys_many_clients",
@@ -96,8 +96,8 @@ async fn run(mode: &str, requests: u64) {
                 Some(HeaderName::from_static("idempotency-replayed")),
             )
         }
-        "floor_new_keys" | "floor_replay" => (
-            server_app::floor(),
+        "minimal_new_keys" | "minimal_replay" => (
+            server_app::minimal(),
             None,
             Some(HeaderName::from_static("idempotent-replayed")),
         ),
@@ -134,7 +134,7 @@ async fn run(mode: &str, requests: u64) {
         "bare_new_keys"
         | "tower_reissue_new_keys"
         | "axum_idempotent_new_keys"
-        | "floor_new_keys" => {
+        | "minimal_new_keys" => {
             for i in 0..requests {
                 let key = format!("key-{i}");
                 call(&app, Some(&key), cookie, None).await;

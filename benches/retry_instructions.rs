@@ -13,7 +13,7 @@
 //!
 //! GET: an empty body, the inner service answers 200 at once. POST: a 1 KiB
 //! `Full` body that the inner service reads to the end before answering.
-//! `floor_*` are the same requests through `Floor`, the least a retry layer
+//! `minimal_*` are the same requests through `Minimal`, the least a retry layer
 //! does on the success path (`retry_peers/mod.rs` says what that is): what
 //! no retry layer keeping the design's contract can cost less than.
 
@@ -25,7 +25,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_reissue::RetryLayer;
 
 use retry_peers::{
-    Floor, TowerPolicy, get_request, post_request, reading_upstream, tower_resilience, upstream,
+    Minimal, TowerPolicy, get_request, post_request, reading_upstream, tower_resilience, upstream,
 };
 
 /// `MODE [BASELINE]`, baselines first.
@@ -34,11 +34,11 @@ const MODES: &[(&str, Option<&str>)] = &[
     ("tower_retry_get", None),
     ("tower_resilience_get", Some("tower_retry_get")),
     ("tower_reissue_get", Some("tower_retry_get")),
-    ("floor_get", Some("tower_retry_get")),
+    ("minimal_get", Some("tower_retry_get")),
     ("bare_post", None),
     ("tower_retry_post", None),
     ("tower_reissue_post", Some("tower_retry_post")),
-    ("floor_post", Some("tower_retry_post")),
+    ("minimal_post", Some("tower_retry_post")),
 ];
 
 fn main() {
@@ -64,8 +64,8 @@ fn main() {
         ),
         "tower_resilience_get" => run(tower_resilience().layer(upstream()), get_request, requests),
         "tower_reissue_get" => run(RetryLayer::new().layer(upstream()), get_request, requests),
-        "floor_get" => run(Floor::new(upstream()), get_request, requests),
-        "floor_post" => run(Floor::new(reading_upstream()), post_request, requests),
+        "minimal_get" => run(Minimal::new(upstream()), get_request, requests),
+        "minimal_post" => run(Minimal::new(reading_upstream()), post_request, requests),
         "bare_post" => run(reading_upstream(), post_request, requests),
         "tower_retry_post" => run(
             tower::retry::RetryLayer::new(TowerPolicy::new()).layer(reading_upstream()),

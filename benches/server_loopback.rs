@@ -15,8 +15,8 @@
 //! share a worker. Timings on a shared machine drift, so the variants run in
 //! interleaved rounds, each running every variant for a fixed number of
 //! requests; the figure is the median over the rounds, and the ratio is to
-//! the bare server under the same workload. `floor` is the handler behind
-//! `Floor`, the least an idempotency layer does: no layer that keeps the
+//! the bare server under the same workload. `minimal` is the handler behind
+//! `Minimal`, the least an idempotency layer does: no layer that keeps the
 //! contract can be faster. What it leaves out, and what axum-idempotent
 //! needs to run, are described in `common/server_app.rs`.
 
@@ -183,8 +183,8 @@ fn main() {
             replayed_header: Some("idempotent-replayed"),
         },
         Variant {
-            name: "floor",
-            url: serve(&servers, server_app::floor()),
+            name: "minimal",
+            url: serve(&servers, server_app::minimal()),
             cookie: None,
             replayed_header: Some("idempotent-replayed"),
         },

@@ -107,18 +107,18 @@ pub fn request(uri: &str, key: Option<&str>, cookie: Option<&HeaderValue>) -> Re
     request.body(Body::from(PAYLOAD)).unwrap()
 }
 
-/// The handler behind [`Floor`]: the least any idempotency layer does.
-pub fn floor() -> Router {
+/// The handler behind [`Minimal`]: the least any idempotency layer does.
+pub fn minimal() -> Router {
     // One table for every service the router makes of the layer.
     let results = Arc::default();
-    bare().layer(tower::layer::layer_fn(move |inner| Floor {
+    bare().layer(tower::layer::layer_fn(move |inner| Minimal {
         inner,
         results: Arc::clone(&results),
     }))
 }
 
-/// How many results [`Floor`] keeps: as many as `MemoryStore` by default.
-const FLOOR_CAPACITY: usize = 10_000;
+/// How many results [`Minimal`] keeps: as many as `MemoryStore` by default.
+const MINIMAL_CAPACITY: usize = 10_000;
 
 /// The least an idempotency layer can do and keep the contract a client
 /// sees: the first result stored under its key and replayed, a concurrent
@@ -130,15 +130,15 @@ const FLOOR_CAPACITY: usize = 10_000;
 /// forgetting everything when the table is full, no principal (clients share
 /// one key space), no store behind a trait (a shared store is impossible),
 /// no result stored once the client is gone. It is not offered for use: it is
-/// the floor the benches measure tower-reissue against, and a layer that
+/// the baseline the benches measure tower-reissue against, and a layer that
 /// does more cannot cost less than this one does.
 #[derive(Clone)]
-pub struct Floor<S> {
+pub struct Minimal<S> {
     inner: S,
-    results: Arc<std::sync::Mutex<std::collections::HashMap<Box<[u8]>, FloorEntry>>>,
+    results: Arc<std::sync::Mutex<std::collections::HashMap<Box<[u8]>, MinimalEntry>>>,
 }
 
-pub enum FloorEntry {
+pub enum MinimalEntry {
     InFlight,
     Done {
         fingerprint: blake3::Hash,
@@ -148,7 +148,7 @@ pub enum FloorEntry {
     },
 }
 
-impl<S> tower::Service<Request<Body>> for Floor<S>
+impl<S> tower::Service<Request<Body>> for Minimal<S>
 where
     S: tower::Service<Request<Body>, Response = axum::response::Response, Error = Infallible>
         + Clone
@@ -187,7 +187,7 @@ where
             {
                 let mut results = results.lock().unwrap();
                 match results.get(&key) {
-                    Some(FloorEntry::Done {
+                    Some(MinimalEntry::Done {
                         fingerprint: stored,
                         status,
                         headers,
@@ -204,17 +204,17 @@ where
                             .insert("idempotent-replayed", HeaderValue::from_static("true"));
                         return Ok(response);
                     }
-                    Some(FloorEntry::InFlight) => {
+                    Some(MinimalEntry::InFlight) => {
                         return Ok(StatusCode::CONFLICT.into_response());
                     }
                     None => {
                         // The cheapest bound on memory: forget everything
                         // at once, as often as a store of the same size
                         // would have to drop one result per new key.
-                        if results.len() >= FLOOR_CAPACITY {
+                        if results.len() >= MINIMAL_CAPACITY {
                             results.clear();
                         }
-                        results.insert(key.clone(), FloorEntry::InFlight);
+                        results.insert(key.clone(), MinimalEntry::InFlight);
                     }
                 }
             }
@@ -228,7 +228,7 @@ where
             };
             results.lock().unwrap().insert(
                 key,
-                FloorEntry::Done {
+                MinimalEntry::Done {
                     fingerprint,
                     status: parts.status,
                     headers: parts.headers.clone(),

@@ -138,31 +138,31 @@ pub fn tower_resilience<Req, RB, E>() -> tower_resilience_retry::RetryLayer<Req,
 /// send it with; a deposit in the retry budget; the status looked at; and
 /// the `Attempts` extension on the response. It never retries (there is no
 /// classifier, backoff, deadline or span), so it is not a retry layer: it is
-/// the floor the benches measure retry layers against, and one that does
+/// the baseline the benches measure retry layers against, and one that does
 /// this much cannot cost less.
 #[derive(Clone)]
-pub struct Floor<S> {
+pub struct Minimal<S> {
     inner: S,
     budget: tower_reissue::RetryBudget,
 }
 
-impl<S> Floor<S> {
+impl<S> Minimal<S> {
     pub fn new(inner: S) -> Self {
-        Floor {
+        Minimal {
             inner,
             budget: tower_reissue::RetryBudget::new(0.2),
         }
     }
 }
 
-impl<S, B, RB> Service<Request<B>> for Floor<S>
+impl<S, B, RB> Service<Request<B>> for Minimal<S>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
     B: Clone,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = FloorFuture<S::Future, S, Request<B>>;
+    type Future = MinimalFuture<S::Future, S, Request<B>>;
 
     fn poll_ready(
         &mut self,
@@ -179,7 +179,7 @@ where
         *copy.headers_mut() = request.headers().clone();
         *copy.extensions_mut() = request.extensions().clone();
         let service = self.inner.clone();
-        FloorFuture {
+        MinimalFuture {
             future: self.inner.call(request),
             _kept: (service, copy),
             budget: self.budget.clone(),
@@ -188,8 +188,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`Floor`].
-    pub struct FloorFuture<F, S, R> {
+    /// The response future of [`Minimal`].
+    pub struct MinimalFuture<F, S, R> {
         #[pin]
         future: F,
         // What a retry would need: the service and the request's copy.
@@ -198,7 +198,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, S, R, RB, E> std::future::Future for FloorFuture<F, S, R>
+impl<F, S, R, RB, E> std::future::Future for MinimalFuture<F, S, R>
 where
     F: std::future::Future<Output = Result<Response<RB>, E>>,
 {
