@@ -19,9 +19,12 @@ use crate::BoxError;
 /// the limit is streamed once and the copy is dropped: such a request is not
 /// retried.
 ///
-/// A body that is whole when it is wrapped (one frame of known length, ready
-/// at once, as `Full`, `Bytes` and `String` bodies are) is read then, and
-/// every copy is a clone of its bytes: nothing is shared or locked.
+/// A body whose exact length is known and within the limit is polled once
+/// when it is wrapped, with a waker that does nothing (a body not ready then
+/// is polled again by the attempt, with the attempt's waker). If that gives
+/// the whole body at once, as `Full`, `Bytes` and `String` bodies do, every
+/// copy is a clone of its bytes: nothing is shared or locked. Otherwise the
+/// first copy yields what was read before it reads on.
 ///
 /// Any [`http_body::Body`] works: `Full`, `Empty`, `String`, `Bytes`, a
 /// streamed body, or hyper's `Incoming` when proxying. The retry layer wraps
@@ -64,6 +67,9 @@ struct SharedCopy<B> {
     replayed: usize,
     /// Whether this copy has yielded the captured trailers (or there are none).
     trailers_done: bool,
+    /// Whether this copy, the reader, must first yield what was read when
+    /// the body was wrapped (chunks, or the error in the shared state).
+    head: bool,
 }
 
 struct Shared<B> {
@@ -80,8 +86,8 @@ struct State<B> {
     /// The unread rest of the original, handed back by a copy dropped before
     /// the end.
     rest: Option<Pin<Box<B>>>,
-    /// The error the original gave when it was read on wrapping: the copy
-    /// that reads on from there yields it.
+    /// The error the original gave when it was read on wrapping, until the
+    /// first copy yields it.
     error: Option<BoxError>,
     complete: bool,
     over_limit: bool,
@@ -148,9 +154,10 @@ where
         // A body of known length within the limit is read once now: if it
         // is ready and whole, as in-memory bodies are, every copy is a clone
         // of its bytes. The waker is a no-op: a body that is not ready keeps
-        // the waker of its latest poll, the attempt's. Whatever the read
-        // gave is kept for the first copy, as if an earlier copy had read it.
-        let mut read = false;
+        // the waker of its latest poll, the attempt's. Whatever else the read
+        // gave, the first copy yields before it reads on: it keeps the
+        // original meanwhile, so no replay can start before it is done.
+        let mut head = false;
         if body
             .size_hint()
             .exact()
@@ -158,12 +165,12 @@ where
         {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             if let Poll::Ready(frame) = body.as_mut().poll_frame(&mut cx) {
-                read = true;
                 match frame {
                     None => return (Self::empty(), Self::empty()),
                     Some(Err(error)) => {
                         state.failed = true;
                         state.error = Some(error.into());
+                        head = true;
                     }
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(mut data) => {
@@ -177,7 +184,9 @@ where
                             state.over_limit = !fits;
                             state.len = bytes.len();
                             state.chunks.push(bytes);
+                            head = true;
                         }
+                        // Trailers alone: the body is over.
                         Err(frame) => {
                             if let Ok(trailers) = frame.into_trailers() {
                                 state.trailers = Some(trailers);
@@ -188,19 +197,15 @@ where
                 }
             }
         }
-        let reader = if read {
-            if !state.complete {
-                state.rest = Some(body);
-            }
-            None
-        } else {
-            Some(body)
-        };
+        let reader = (!state.complete).then_some(body);
         let shared = Arc::new(Shared {
             limit,
             state: Mutex::new(state),
         });
-        let first = Self::shared(shared.clone(), reader);
+        let mut first = Self::shared(shared.clone(), reader);
+        if let Source::Shared(copy) = &mut first.source {
+            copy.head = head;
+        }
         (first, Self::shared(shared, None))
     }
 }
@@ -223,6 +228,7 @@ impl<B: Body> ReplayBody<B> {
                 reader,
                 replayed: 0,
                 trailers_done: false,
+                head: false,
             }),
         }
     }
@@ -264,6 +270,23 @@ impl<B: Body> ReplayBody<B> {
             Source::Shared(copy) => copy,
         };
         let shared = &this.shared;
+        if this.head {
+            let mut state = shared.lock();
+            if let Some(chunk) = state.chunks.get(this.replayed) {
+                let chunk = chunk.clone();
+                this.replayed += 1;
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            this.head = false;
+            if state.over_limit {
+                // Sent; no replay will want it.
+                state.chunks = SmallVec::new();
+                this.replayed = 0;
+            }
+            if let Some(error) = state.error.take() {
+                return Poll::Ready(Some(Err(ReadError::Boxed(error))));
+            }
+        }
         loop {
             if this.reader.is_none() {
                 let mut state = shared.lock();
@@ -280,9 +303,6 @@ impl<B: Body> ReplayBody<B> {
                         }
                     }
                     return Poll::Ready(None);
-                }
-                if let Some(error) = state.error.take() {
-                    return Poll::Ready(Some(Err(ReadError::Boxed(error))));
                 }
                 // Everything captured so far is replayed: continue with the
                 // original where the previous copy left it.
@@ -421,6 +441,9 @@ where
             Source::Whole { bytes, sent } => return *sent || bytes.is_empty(),
             Source::Shared(copy) => copy,
         };
+        if this.head {
+            return false;
+        }
         if let Some(reader) = &this.reader {
             return reader.is_end_stream();
         }
@@ -437,7 +460,9 @@ where
             }
             Source::Shared(copy) => copy,
         };
-        if let Some(reader) = &this.reader {
+        if !this.head
+            && let Some(reader) = &this.reader
+        {
             return reader.size_hint();
         }
         let state = this.shared.lock();
@@ -450,9 +475,10 @@ where
         if state.complete {
             return SizeHint::with_exact(pending);
         }
-        let rest = state
-            .rest
+        let rest = this
+            .reader
             .as_ref()
+            .or(state.rest.as_ref())
             .map(|r| r.size_hint())
             .unwrap_or_default();
         let mut hint = SizeHint::new();
@@ -521,7 +547,7 @@ mod tests {
     /// One poll of a [`Scripted`] body.
     type ScriptedPoll = Poll<Option<Result<Frame<Bytes>, &'static str>>>;
 
-    /// A body that plays a script of polls, with the size hint it declares.
+    /// A body that plays a script of polls, declaring an exact size.
     struct Scripted {
         polls: std::collections::VecDeque<ScriptedPoll>,
         exact: u64,
@@ -546,7 +572,15 @@ mod tests {
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
-                Some(ready) => ready,
+                Some(ready) => {
+                    // What it declares is what is left to read.
+                    if let Poll::Ready(Some(Ok(frame))) = &ready
+                        && let Some(data) = frame.data_ref()
+                    {
+                        self.exact = self.exact.saturating_sub(data.len() as u64);
+                    }
+                    ready
+                }
                 None => Poll::Ready(None),
             }
         }
@@ -599,7 +633,10 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "hello");
         assert!(first.is_end_stream());
         assert_eq!(first.size_hint().exact(), Some(0));
-        assert!(Pin::new(&mut first).poll_frame(&mut cx).is_ready());
+        assert!(matches!(
+            Pin::new(&mut first).poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
         assert_eq!(handle.kept_bytes().unwrap(), "hello");
         let again = handle.replay().unwrap();
         assert_eq!(again.size_hint().exact(), Some(5));
@@ -612,8 +649,17 @@ mod tests {
     /// gives, and replays follow the usual rules.
     #[test]
     fn a_body_read_on_wrapping_yields_everything_to_the_first_copy() {
-        let (mut first, handle) = ReplayBody::new(Scripted::new(6, [data("abc"), data("def")]), 64);
+        let (mut first, handle) = ReplayBody::new(
+            Scripted::new(6, [data("abc"), Poll::Pending, data("def")]),
+            64,
+        );
         assert!(matches!(first.source, Source::Shared(_)));
+        // The first copy holds the rest of the body until it has read it:
+        // no replay, and no copy kept for a dead letter, before then.
+        assert_eq!(handle.replay().unwrap_err(), NotReplayable::InUse);
+        assert_eq!(handle.kept_bytes().unwrap_err(), NotReplayable::InUse);
+        assert!(!first.is_end_stream());
+        assert_eq!(first.size_hint().exact(), Some(6));
         assert_eq!(datas(&read_all(&mut first)), ["abc", "def"]);
         assert_eq!(
             datas(&read_all(&mut handle.replay().unwrap())),
@@ -649,6 +695,10 @@ mod tests {
 
         // Declared 2 bytes, sent 5, over a limit of 3: sent once, not kept.
         let (mut first, handle) = ReplayBody::new(Scripted::new(2, [data("hello")]), 3);
+        assert!(
+            !first.is_end_stream(),
+            "the chunk read on wrapping is still to send"
+        );
         assert_eq!(datas(&read_all(&mut first)), ["hello"]);
         assert_eq!(
             handle.replay().unwrap_err(),
