@@ -108,6 +108,15 @@ impl<B> State<B> {
     }
 }
 
+/// Says that a body went over the replay limit, once per request.
+fn over_limit(limit: usize) {
+    tracing::debug!(
+        target: "tower_reissue::retry",
+        limit,
+        "request body over the replay limit: it is sent once and not retried"
+    );
+}
+
 /// A frame read from a copy, or why reading it failed.
 type ReadFrame<E> = Poll<Option<Result<Frame<Bytes>, ReadError<E>>>>;
 
@@ -181,7 +190,10 @@ where
                             }
                             // Longer than its size hint said: the first copy
                             // still sends it, no replay does.
-                            state.over_limit = !fits;
+                            if !fits {
+                                over_limit(limit);
+                                state.over_limit = true;
+                            }
                             state.len = bytes.len();
                             state.chunks.push(bytes);
                             head = true;
@@ -337,11 +349,7 @@ impl<B: Body> ReplayBody<B> {
                                     state.chunks.push(bytes.clone());
                                     this.replayed = state.chunks.len();
                                 } else {
-                                    tracing::debug!(
-                                        target: "tower_reissue::retry",
-                                        limit = shared.limit,
-                                        "request body over the replay limit: it is sent once and not retried"
-                                    );
+                                    over_limit(shared.limit);
                                     state.over_limit = true;
                                     state.chunks = SmallVec::new();
                                 }
