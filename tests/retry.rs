@@ -511,6 +511,77 @@ async fn streamed_body_is_replayed_byte_identical() {
     }
 }
 
+/// A body of known length in several frames, all ready at once: the retry
+/// layer reads its first frame when it wraps it, and the first attempt must
+/// still send every byte, framed by its length.
+struct SizedChunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for SizedChunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
+/// Bodies of known length, whole (`Full`) or in frames, reach the server
+/// identical on every attempt, sent with their length rather than chunked.
+#[tokio::test(start_paused = true)]
+async fn bodies_of_known_length_are_replayed_byte_identical() {
+    let payload: Bytes = (0..10 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let length = payload.len().to_string();
+
+    let server = TestServer::fails_first(2, || Reply::status(503)).await;
+    let request = Request::post(server.url("/upload"))
+        .header("idempotency-key", "whole-1")
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let response = RetryLayer::new()
+        .layer(common::client::<ReplayBody<Full<Bytes>>>())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(attempts(&response), 3);
+
+    let framed = TestServer::fails_first(2, || Reply::status(503)).await;
+    let frames = [payload.slice(..3000), payload.slice(3000..)];
+    let request = Request::post(framed.url("/upload"))
+        .header("idempotency-key", "framed-1")
+        .body(SizedChunks(frames.into_iter().collect()))
+        .unwrap();
+    let response = RetryLayer::new()
+        .layer(common::client::<ReplayBody<SizedChunks>>())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(attempts(&response), 3);
+
+    for server in [&server, &framed] {
+        let seen = server.seen();
+        assert_eq!(seen.len(), 3);
+        for attempt in &seen {
+            assert_eq!(attempt.body, payload);
+            assert_eq!(attempt.headers["content-length"], length.as_str());
+            assert!(!attempt.headers.contains_key("transfer-encoding"));
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn body_over_the_replay_limit_is_sent_once() {
     let payload: Bytes = vec![7u8; 10 * 1024].into();
