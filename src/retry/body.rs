@@ -117,6 +117,13 @@ fn over_limit(limit: usize) {
     );
 }
 
+/// The captured chunk after the `replayed` a copy has yielded, counted in.
+fn next_chunk<B>(state: &State<B>, replayed: &mut usize) -> Option<Frame<Bytes>> {
+    let chunk = state.chunks.get(*replayed)?.clone();
+    *replayed += 1;
+    Some(Frame::data(chunk))
+}
+
 /// A frame read from a copy, or why reading it failed.
 type ReadFrame<E> = Poll<Option<Result<Frame<Bytes>, ReadError<E>>>>;
 
@@ -284,10 +291,8 @@ impl<B: Body> ReplayBody<B> {
         let shared = &this.shared;
         if this.head {
             let mut state = shared.lock();
-            if let Some(chunk) = state.chunks.get(this.replayed) {
-                let chunk = chunk.clone();
-                this.replayed += 1;
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            if let Some(chunk) = next_chunk(&state, &mut this.replayed) {
+                return Poll::Ready(Some(Ok(chunk)));
             }
             this.head = false;
             if state.over_limit {
@@ -302,10 +307,8 @@ impl<B: Body> ReplayBody<B> {
         loop {
             if this.reader.is_none() {
                 let mut state = shared.lock();
-                if let Some(chunk) = state.chunks.get(this.replayed) {
-                    let chunk = chunk.clone();
-                    this.replayed += 1;
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                if let Some(chunk) = next_chunk(&state, &mut this.replayed) {
+                    return Poll::Ready(Some(Ok(chunk)));
                 }
                 if state.complete {
                     if !this.trailers_done {
