@@ -1,35 +1,16 @@
 //! A cap on how much extra load retries may add.
 
-use arc_swap::ArcSwap;
 use http::Uri;
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
-/// Number of time slots the window is cut into.
-const SLOTS: usize = 10;
+use crate::hosts::{DEFAULT_MAX_HOSTS, Evictable, Hosts, host_key};
+use crate::window::{Bank, Terms, slot_nanos};
+
 /// What one logical request deposits. Withdrawals cost `DEPOSIT / ratio`,
 /// so ratios keep two decimal digits of precision in integer arithmetic.
 const DEPOSIT: i64 = 100;
-/// Hosts a per-host budget (or circuit breaker) tracks by default before
-/// new hosts share the overflow one.
-pub(crate) const DEFAULT_MAX_HOSTS: usize = 1024;
-
-/// A slot packs the epoch it was last written in (high 24 bits) with a signed
-/// balance (low 40 bits), so a stale slot is recognised and reset by the same
-/// compare-and-swap that writes to it. 40 bits hold over five billion
-/// requests per slot; 24 bits of epoch wrap after 2^24 slots (194 days at the
-/// default one-second slots), and the wrapping comparisons stay correct
-/// across the wrap.
-const EPOCH_BITS: u32 = 24;
-const VALUE_BITS: u32 = 64 - EPOCH_BITS;
-const EPOCH_MASK: u32 = (1 << EPOCH_BITS) - 1;
-const VALUE_MAX: i64 = (1 << (VALUE_BITS - 1)) - 1;
-const VALUE_MIN: i64 = -(1 << (VALUE_BITS - 1));
 
 /// Allows retries up to a fraction of recent requests, plus a small floor.
 ///
@@ -74,38 +55,6 @@ struct Shared {
     ratio: f64,
     min_per_sec: u32,
     window: Duration,
-}
-
-/// What every bank of one budget is built from.
-#[derive(Clone, Copy)]
-pub(crate) struct Terms {
-    slot_nanos: u64,
-    deposit: i64,
-    withdraw: i64,
-    reserve: i64,
-}
-
-/// A sliding window of signed totals in `SLOTS` epoch-tagged atomic slots.
-pub(crate) struct Bank {
-    terms: Terms,
-    start: Instant,
-    slots: [AtomicU64; SLOTS],
-}
-
-/// One entry (a bank, a circuit breaker) per authority. Reads (every
-/// request) take a lock-free snapshot of the map; only the first request to
-/// a new host takes the mutex and publishes a grown copy, so the hot path
-/// never waits on a writer.
-pub(crate) struct Hosts<V> {
-    map: ArcSwap<HashMap<Box<str>, Arc<V>>>,
-    grow: Mutex<()>,
-    max_hosts: usize,
-}
-
-/// What a per-host map may evict to make room for a new host.
-pub(crate) trait Evictable {
-    /// Nothing happened to it within its window.
-    fn is_idle(&self) -> bool;
 }
 
 impl RetryBudget {
@@ -397,58 +346,6 @@ impl RetryBudgetBuilder {
     }
 }
 
-impl<V: Evictable> Hosts<V> {
-    pub(crate) fn new(max_hosts: usize) -> Self {
-        Hosts {
-            map: ArcSwap::from_pointee(HashMap::new()),
-            grow: Mutex::new(()),
-            max_hosts,
-        }
-    }
-
-    /// Runs `op` on the entry of `key`, if there is one.
-    pub(crate) fn find<R>(&self, key: &str, op: impl FnOnce(&Arc<V>) -> R) -> Option<R> {
-        self.map.load().get(key).map(op)
-    }
-
-    /// How many hosts have an entry.
-    pub(crate) fn len(&self) -> usize {
-        self.map.load().len()
-    }
-
-    pub(crate) fn max_hosts(&self) -> usize {
-        self.max_hosts
-    }
-
-    /// Adds an entry made by `make` for a new host; `None` when the map is
-    /// full of hosts active within their window.
-    pub(crate) fn insert(&self, key: Cow<'_, str>, make: impl FnOnce(&str) -> V) -> Option<Arc<V>> {
-        // A poisoned lock only means another thread panicked while copying
-        // the map; the published map is still whole.
-        let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.map.load_full();
-        if let Some(entry) = current.get(&*key) {
-            return Some(entry.clone());
-        }
-        let mut next: HashMap<Box<str>, Arc<V>> = if current.len() >= self.max_hosts {
-            current
-                .iter()
-                .filter(|(_, entry)| !entry.is_idle())
-                .map(|(k, entry)| (k.clone(), entry.clone()))
-                .collect()
-        } else {
-            (*current).clone()
-        };
-        if next.len() >= self.max_hosts {
-            return None;
-        }
-        let entry = Arc::new(make(&key));
-        next.insert(key.into_owned().into_boxed_str(), entry.clone());
-        self.map.store(Arc::new(next));
-        Some(entry)
-    }
-}
-
 impl Hosts<Bank> {
     /// Runs `op` on the bank of `uri`'s authority. `create` says whether an
     /// unseen host gets a bank of its own (deposits and withdrawals) or is
@@ -461,7 +358,7 @@ impl Hosts<Bank> {
             return result;
         }
         if !create {
-            let full = self.len() >= self.max_hosts;
+            let full = self.len() >= self.max_hosts();
             return if full {
                 op(overflow)
             } else {
@@ -475,204 +372,15 @@ impl Hosts<Bank> {
     }
 }
 
-/// The authority of `uri` without user info, in lower case; borrowed unless
-/// the URI spells the host with capitals.
-pub(crate) fn host_key(uri: &Uri) -> Option<Cow<'_, str>> {
-    let authority = uri.authority()?.as_str();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
-    }
-}
-
-impl Bank {
-    /// A plain event counter over `window`: each [`deposit`](Self::deposit)
-    /// adds one, [`total`](Self::total) counts those within the window.
-    pub(crate) fn counter(window: Duration) -> Bank {
-        Bank::new(Terms {
-            slot_nanos: slot_nanos(window),
-            deposit: 1,
-            withdraw: 1,
-            reserve: 0,
-        })
-    }
-
-    /// The live slots' total.
-    pub(crate) fn total(&self) -> i64 {
-        self.sum(self.epoch(), None)
-    }
-
-    /// Forgets everything deposited so far.
-    pub(crate) fn clear(&self) {
-        for slot in &self.slots {
-            slot.store(0, Ordering::Release);
-        }
-    }
-
-    fn new(terms: Terms) -> Bank {
-        Bank {
-            terms,
-            start: Instant::now(),
-            slots: Default::default(),
-        }
-    }
-
-    fn epoch(&self) -> u32 {
-        let elapsed = Instant::now().saturating_duration_since(self.start);
-        // u64 nanoseconds last 584 years; a u128 division would cost more
-        // than the rest of a deposit.
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        (nanos / self.terms.slot_nanos) as u32 & EPOCH_MASK
-    }
-
-    pub(crate) fn deposit(&self) {
-        let amount = self.terms.deposit;
-        if amount == 0 {
-            return;
-        }
-        let epoch = self.epoch();
-        let slot = &self.slots[epoch as usize % SLOTS];
-        let mut current = slot.load(Ordering::Acquire);
-        loop {
-            let value = live_value(current, epoch);
-            // Past the slot's range a deposit is dropped: the budget then
-            // allows fewer retries, never more.
-            let next = pack(epoch, (value + amount).min(VALUE_MAX));
-            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    fn withdraw(&self) -> bool {
-        let cost = self.terms.withdraw;
-        'period: loop {
-            let epoch = self.epoch();
-            let index = epoch as usize % SLOTS;
-            let slot = &self.slots[index];
-            // Within one slot period only the current slot changes, so
-            // checking the balance and taking the cost in one
-            // compare-and-swap on it makes the withdrawal exact: it never
-            // overdraws, and a racing withdrawal never makes it refuse while
-            // the balance still covers it.
-            let others = self
-                .sum(epoch, Some(index))
-                .saturating_add(self.terms.reserve);
-            let mut current = slot.load(Ordering::Acquire);
-            loop {
-                let value = live_value(current, epoch);
-                if others.saturating_add(value) < cost || value - cost < VALUE_MIN {
-                    return false;
-                }
-                let next = pack(epoch, value - cost);
-                match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) if self.epoch() == epoch => return true,
-                    Ok(_) => {
-                        // The period ended mid-withdrawal: a thread already in
-                        // the next one may have judged the balance without
-                        // this withdrawal. Give it back and decide again.
-                        self.refund(epoch, index, cost);
-                        continue 'period;
-                    }
-                    Err(actual) => current = actual,
-                }
-            }
-        }
-    }
-
-    /// Adds `amount` back to slot `index` if it still belongs to `epoch`.
-    fn refund(&self, epoch: u32, index: usize, amount: i64) {
-        let slot = &self.slots[index];
-        let mut current = slot.load(Ordering::Acquire);
-        loop {
-            let (slot_epoch, value) = unpack(current);
-            if slot_epoch != epoch & EPOCH_MASK {
-                return;
-            }
-            let next = pack(epoch, (value + amount).min(VALUE_MAX));
-            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    fn available(&self) -> u64 {
-        let balance = self
-            .sum(self.epoch(), None)
-            .saturating_add(self.terms.reserve);
-        u64::try_from(balance.max(0) / self.terms.withdraw).unwrap_or(0)
-    }
-
-    /// The live slots' total, leaving out `skip`.
-    fn sum(&self, epoch: u32, skip: Option<usize>) -> i64 {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| Some(*i) != skip)
-            .map(|(_, slot)| live_value(slot.load(Ordering::Acquire), epoch))
-            .fold(0i64, i64::saturating_add)
-    }
-}
-
 impl Evictable for Bank {
-    /// No slot was written within the window.
     fn is_idle(&self) -> bool {
-        let epoch = self.epoch();
-        self.slots
-            .iter()
-            .all(|slot| !is_live(slot.load(Ordering::Acquire), epoch))
+        Bank::is_idle(self)
     }
-}
-
-/// One slot's share of `window`, in nanoseconds.
-fn slot_nanos(window: Duration) -> u64 {
-    u64::try_from(window.as_nanos() / SLOTS as u128)
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-fn is_live(word: u64, epoch: u32) -> bool {
-    let (slot_epoch, _) = unpack(word);
-    word != 0 && epoch.wrapping_sub(slot_epoch) & EPOCH_MASK < SLOTS as u32
-}
-
-/// The slot's balance if it was written within the window, else 0.
-fn live_value(word: u64, epoch: u32) -> i64 {
-    if is_live(word, epoch) {
-        unpack(word).1
-    } else {
-        0
-    }
-}
-
-fn pack(epoch: u32, value: i64) -> u64 {
-    (u64::from(epoch & EPOCH_MASK) << VALUE_BITS) | (value as u64 & ((1 << VALUE_BITS) - 1))
-}
-
-fn unpack(word: u64) -> (u32, i64) {
-    let epoch = (word >> VALUE_BITS) as u32;
-    // Shifting left then arithmetically right sign-extends the 40-bit value.
-    let value = ((word << EPOCH_BITS) as i64) >> EPOCH_BITS;
-    (epoch, value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pack_round_trips() {
-        for (e, v) in [(0, 0), (7, -5), (EPOCH_MASK, VALUE_MIN), (3, VALUE_MAX)] {
-            assert_eq!(unpack(pack(e, v)), (e, v));
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn deposits_expire_after_the_window() {

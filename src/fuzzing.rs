@@ -7,8 +7,8 @@
 pub fn idempotency_key(value: &[u8]) -> Option<Result<String, &'static str>> {
     let value = http::HeaderValue::from_bytes(value).ok()?;
     let mut headers = http::HeaderMap::new();
-    headers.insert(crate::idempotency::key::IDEMPOTENCY_KEY, value);
-    Some(match crate::idempotency::key::parse(&headers) {
+    headers.insert(crate::key::IDEMPOTENCY_KEY, value);
+    Some(match crate::key::parse(&headers) {
         Ok(key) => Ok(key.expect("the header was set")),
         Err(err) => Err(err.detail()),
     })
@@ -24,5 +24,5 @@ pub fn redis_claim_reply(
     use ::redis::Value;
     let mut items = vec![Value::Int(tag)];
     items.extend(fields.iter().map(|field| Value::BulkString(field.to_vec())));
-    crate::idempotency::store::parse_redis_claim(Value::Array(items))
+    crate::store::parse_redis_claim(Value::Array(items))
 }

@@ -22,9 +22,9 @@
 //!   when it is back; under [`RetryLayer`], a refused call waits for the probe
 //!   when its deadline allows.
 //! - [`dead_letter`]: what the retry layer gives up on, parked with its body
-//!   and key in a [`DeadLetterQueue`](dead_letter::DeadLetterQueue)
+//!   and key in a [`DeadLetterQueue`]
 //!   (in memory, or SQLite with the `sqlite` feature) and sent again later
-//!   by a [`Replayer`](dead_letter::Replayer).
+//!   by a [`Replayer`].
 //!
 //! Both client layers work with `http::Request`/`http::Response` services
 //! (hyper-util's client, axum, any tower service) and, with the `reqwest`
@@ -107,6 +107,16 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The foundation: every folder may use these, and they use none of them.
+mod error;
+mod hosts;
+mod key;
+#[cfg(feature = "redis")]
+mod redis_conn;
+pub mod request;
+mod time;
+mod window;
+
 pub mod backoff;
 pub mod budget;
 pub mod circuit;
@@ -115,20 +125,50 @@ pub mod dead_letter;
 pub mod idempotency;
 pub mod idempotency_key;
 pub mod once;
-pub mod reconcile;
-pub mod request;
+// The exactly-once core under `idempotency` and `once`.
 pub mod retry;
-pub mod telemetry;
-mod time;
-
+mod store;
+pub use retry::reconcile;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod telemetry;
+
+/// Guides longer than a module's docs: how the crate was measured, the
+/// Redis settings, the admin API, the metrics, the server half in depth.
+pub mod docs {
+    #[doc = include_str!("docs/performance.md")]
+    pub mod performance {}
+    #[doc = include_str!("docs/server.md")]
+    pub mod server {}
+    #[doc = include_str!("docs/redis.md")]
+    pub mod redis {}
+    #[doc = include_str!("docs/admin_api.md")]
+    pub mod admin_api {}
+    #[doc = include_str!("docs/metrics.md")]
+    pub mod metrics {}
+    #[doc = include_str!("docs/outage_demo.md")]
+    pub mod outage_demo {}
+    #[doc = include_str!("docs/comparison.md")]
+    pub mod comparison {}
+}
+
+// The README's snippets compile as written: they run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use circuit::{BreakerState, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 pub use classify::{Classifier, DefaultClassifier, Processed, Verdict};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use dead_letter::RedisQueue;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use dead_letter::SqliteQueue;
+pub use dead_letter::{DeadLetter, DeadLetterQueue, MemoryQueue, Replayer};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotency::store::RedisStore;
@@ -138,6 +178,4 @@ pub use once::{Once, OnceError, Ran};
 pub use reconcile::{Reconcile, Reconciled, Reconciliation};
 pub use retry::{Attempts, ReplayBody, Retry, RetryLayer};
 
-/// The error type of the middleware: the wrapped service's error, boxed, or
-/// one of this crate's (such as [`retry::AttemptTimedOut`]).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use error::BoxError;

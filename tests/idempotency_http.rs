@@ -24,7 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_reissue::idempotency::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };
 use tower_reissue::idempotency::{Principal, StoreDecision};
 use tower_reissue::{IdempotencyLayer, MemoryStore};
@@ -917,7 +917,7 @@ impl IdempotencyStore for DownStore {
         &self,
         _: &RecordKey,
         _: FencingToken,
-        _: Outcome,
+        _: StoredOutcome,
         _: Duration,
     ) -> Result<(), StoreError> {
         Err(StoreError::unavailable(std::io::Error::other(
@@ -983,7 +983,7 @@ impl IdempotencyStore for FailsAtCompletion {
         &self,
         key: &RecordKey,
         token: FencingToken,
-        outcome: Outcome,
+        outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.check(true)?;
@@ -1104,7 +1104,7 @@ impl IdempotencyStore for LosesLeaseOnRenewal {
         &self,
         key: &RecordKey,
         token: FencingToken,
-        outcome: Outcome,
+        outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.inner.complete(key, token, outcome, ttl).await

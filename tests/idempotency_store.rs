@@ -11,7 +11,7 @@ use http::StatusCode;
 use store_conformance::{Timing, acquire as acquire_for, outcome};
 use tower_reissue::MemoryStore;
 use tower_reissue::idempotency::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -108,21 +108,21 @@ fn corrupt_encodings_are_errors() {
     let good = outcome("body").to_bytes();
     for len in 0..good.len() - 4 {
         // Every truncation inside the header section is rejected, never a panic.
-        let _ = Outcome::from_bytes(&good[..len]);
+        let _ = StoredOutcome::from_bytes(&good[..len]);
     }
     assert!(matches!(
-        Outcome::from_bytes(&[9, 0, 0, 200]),
+        StoredOutcome::from_bytes(&[9, 0, 0, 200]),
         Err(StoreError::Corrupt(_))
     ));
     assert!(matches!(
-        Outcome::from_bytes(&[1, 0, 0, 1]),
+        StoredOutcome::from_bytes(&[1, 0, 0, 1]),
         Err(StoreError::Corrupt(_))
     ));
-    let not_stored = Outcome::NotStored {
+    let not_stored = StoredOutcome::NotStored {
         status: StatusCode::OK,
     };
     assert_eq!(
-        Outcome::from_bytes(&not_stored.to_bytes()).unwrap(),
+        StoredOutcome::from_bytes(&not_stored.to_bytes()).unwrap(),
         not_stored
     );
 }

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::time::Instant;
 use tower_reissue::idempotency::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };
 use tower_reissue::once::{Failure, OnceError, Ran};
 use tower_reissue::{MemoryStore, Once};
@@ -113,7 +113,7 @@ impl IdempotencyStore for Switchable {
         &self,
         key: &RecordKey,
         token: FencingToken,
-        outcome: Outcome,
+        outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.check()?;

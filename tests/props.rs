@@ -76,9 +76,9 @@ proptest! {
 
     #[test]
     fn stored_outcomes_decode_without_panics_and_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        use tower_reissue::idempotency::store::Outcome;
-        if let Ok(outcome) = Outcome::from_bytes(&bytes) {
-            prop_assert_eq!(Outcome::from_bytes(&outcome.to_bytes()).ok(), Some(outcome));
+        use tower_reissue::idempotency::store::StoredOutcome;
+        if let Ok(outcome) = StoredOutcome::from_bytes(&bytes) {
+            prop_assert_eq!(StoredOutcome::from_bytes(&outcome.to_bytes()).ok(), Some(outcome));
         }
     }
 }

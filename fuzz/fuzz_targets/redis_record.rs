@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tower_reissue::fuzzing::redis_claim_reply;
-use tower_reissue::idempotency::store::{Claim, Outcome};
+use tower_reissue::idempotency::store::{Claim, StoredOutcome};
 
 fuzz_target!(|input: (u8, Vec<&[u8]>)| {
     let (tag, fields) = input;
@@ -15,6 +15,6 @@ fuzz_target!(|input: (u8, Vec<&[u8]>)| {
     if let Claim::Completed { fingerprint, outcome } = claim {
         assert_eq!(fields.first().copied(), Some(&fingerprint.as_bytes()[..]));
         let encoded = outcome.to_bytes();
-        assert_eq!(Outcome::from_bytes(&encoded).ok(), Some(outcome));
+        assert_eq!(StoredOutcome::from_bytes(&encoded).ok(), Some(outcome));
     }
 });

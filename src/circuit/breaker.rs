@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{BreakerState, StateChange};
-use crate::budget::{Bank, Evictable, Hosts, host_key};
-use crate::classify::open::CircuitOpen;
+use crate::error::CircuitOpen;
+use crate::hosts::{Evictable, Hosts, host_key};
+use crate::window::Bank;
 
 pub(crate) type StateHook = Arc<dyn Fn(&StateChange<'_>) + Send + Sync>;
 
@@ -336,7 +337,7 @@ impl Breaker {
             break_ms = break_duration.map(|d| d.as_millis() as u64),
             "circuit breaker state change"
         );
-        crate::telemetry::breaker_changed(from, to);
+        crate::telemetry::breaker_changed(from.as_str(), to.as_str());
         if let Some(hook) = &policy.on_state_change {
             hook(&event);
         }

@@ -9,8 +9,8 @@ use super::breaker::{Admission, Breaker};
 use super::layer::Shared;
 use crate::BoxError;
 use crate::Verdict;
-use crate::classify::open::CircuitOpen;
 use crate::classify::{Classifier, Outcome, RequestView};
+use crate::error::CircuitOpen;
 use crate::request::RetryResponse;
 
 pin_project! {

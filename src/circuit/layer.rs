@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use super::breaker::{Breakers, Policy};
 use super::{BreakerState, CircuitBreaker, StateChange};
 use crate::DefaultClassifier;
-use crate::budget::DEFAULT_MAX_HOSTS;
+use crate::hosts::DEFAULT_MAX_HOSTS;
 
 /// Applies [`CircuitBreaker`] to a client service.
 ///

@@ -85,7 +85,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use crate::classify::open::CircuitOpen;
+pub use crate::error::CircuitOpen;
 pub use future::ResponseFuture;
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use service::CircuitBreaker;

@@ -1,9 +1,8 @@
 use std::error::Error as StdError;
 use std::io;
 
-use super::open::CircuitOpen;
 use super::{Processed, Verdict};
-use crate::retry::{AttemptTimedOut, DeadlineExceeded};
+use crate::error::{AttemptTimedOut, CircuitOpen, DeadlineExceeded};
 
 /// Classifies a transport error by walking its `source()` chain, outermost
 /// first, and stopping at the first cause it recognises:

@@ -8,7 +8,7 @@ use ::redis::{RedisError, Script, ScriptInvocation, Value};
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 
-use crate::idempotency::store::{connect_manager, within};
+use crate::redis_conn::{connect_manager, within};
 
 use super::{
     AttemptOutcome, Counts, DeadLetter, DeadLetterId, DeadLetterQueue, DeadLetterState,

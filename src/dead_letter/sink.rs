@@ -8,10 +8,10 @@ use http::HeaderName;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 
 use super::{AttemptOutcome, DeadLetterId, DeadLetterQueue, FailedRequest, KeptBody, QueueError};
-use crate::BoxError;
-use crate::classify::RequestView;
-use crate::request::{RequestTemplate, RetryResponse};
+use crate::RetryLayer;
+use crate::classify::Outcome;
 use crate::retry::GiveUpReason;
+use crate::retry::sink::{GaveUp, GiveUpSink, Parking};
 
 /// Where [`RetryLayer::dead_letters`](crate::RetryLayer::dead_letters) parks
 /// what it gives up on: a queue, which headers to keep, and a hook to redact
@@ -96,27 +96,25 @@ impl DeadLetters {
         self.redact = Some(Arc::new(redact));
         self
     }
+}
 
+impl GiveUpSink for DeadLetters {
     /// Parks a request the retry layer gave up on. A permanent failure is
     /// not parked: its answer is final, and replaying the same bytes would
     /// get it again.
-    pub(crate) fn park<T, R>(
-        &self,
-        request: RequestView<'_>,
-        template: &T,
-        attempts: u32,
-        reason: GiveUpReason,
-        last: Option<&Result<R, BoxError>>,
-    ) where
-        T: RequestTemplate,
-        R: RetryResponse,
-    {
+    fn park(&self, gave_up: &GaveUp<'_>) -> Option<Parking> {
+        let GaveUp {
+            request,
+            attempts,
+            reason,
+            ..
+        } = *gave_up;
         let replay = request
             .extensions()
             .is_some_and(|e| e.get::<super::ReplayOf>().is_some());
         // A replay that fails goes back to its own entry, not to a new one.
         if reason == GiveUpReason::Permanent || replay {
-            return;
+            return None;
         }
         let mut headers = request.headers().clone();
         for name in &self.dropped_headers {
@@ -127,34 +125,24 @@ impl DeadLetters {
             method: request.method().clone(),
             uri: request.uri().clone(),
             headers,
-            body: match template.kept_body() {
+            body: match (gave_up.body)() {
                 Ok(bytes) => KeptBody::Kept(bytes),
                 Err(why) => KeptBody::NotKept(why.to_string()),
             },
             idempotency_key: request.idempotency_key().map(str::to_owned),
             reason: reason.as_str().to_owned(),
             attempts,
-            last: match last {
-                Some(Ok(response)) => AttemptOutcome::Status(response.status()),
-                Some(Err(error)) => AttemptOutcome::Error(error_text(&**error)),
+            last: match gave_up.last {
+                Some(Outcome::Response { status, .. }) => AttemptOutcome::Status(status),
+                Some(Outcome::Error(error)) => AttemptOutcome::Error(error_text(error)),
                 None => AttemptOutcome::Error(reason.to_string()),
             },
         };
         if let Some(redact) = &self.redact {
             redact(&mut failed);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            crate::telemetry::dead_letter("push_failed");
-            tracing::error!(
-                target: "tower_reissue::dead_letter",
-                method = %failed.method,
-                uri = %failed.uri,
-                "dead letter lost: no tokio runtime to push it on"
-            );
-            return;
-        };
         let queue = self.queue.clone();
-        runtime.spawn(async move {
+        Some(Box::pin(async move {
             let (method, uri) = (failed.method.clone(), failed.uri.clone());
             match queue.push(failed).await {
                 Ok(id) => {
@@ -162,17 +150,39 @@ impl DeadLetters {
                     tracing::debug!(
                         target: "tower_reissue::dead_letter",
                         %id, %method, %uri, "dead letter parked"
-                    )
+                    );
+                    Ok(id.get())
                 }
                 Err(error) => {
                     crate::telemetry::dead_letter("push_failed");
                     tracing::error!(
                         target: "tower_reissue::dead_letter",
                         %method, %uri, %error, "dead letter lost: the queue refused it"
-                    )
+                    );
+                    Err(error.into())
                 }
             }
-        });
+        }))
+    }
+}
+
+impl<C> RetryLayer<C> {
+    /// Parks every request the layer gives up on (except a permanent
+    /// failure) in a dead-letter queue, with its body as the replay copy
+    /// kept it, for a [`Replayer`](crate::dead_letter::Replayer) or a person
+    /// to send again. Takes a queue, or a
+    /// [`DeadLetters`] sink to choose headers and redact. The push runs on a
+    /// task of its own: the caller's answer never waits for it.
+    ///
+    /// ```
+    /// use tower_reissue::RetryLayer;
+    /// use tower_reissue::dead_letter::MemoryQueue;
+    /// let queue = MemoryQueue::new();
+    /// let layer = RetryLayer::new().dead_letters(queue.clone());
+    /// # let _ = layer;
+    /// ```
+    pub fn dead_letters(self, sink: impl Into<DeadLetters>) -> Self {
+        self.give_up_sink(Arc::new(sink.into()))
     }
 }
 

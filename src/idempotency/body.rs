@@ -10,7 +10,7 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 /// The boxed error type of [`ResponseBody`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::error::BoxError;
 
 pin_project! {
     /// Response body of [`Idempotency`](super::Idempotency): the handler's own

@@ -4,10 +4,10 @@ use std::time::Duration;
 use http::Method;
 use tower_layer::Layer;
 
-use super::exec::{ClaimRules, KeptResults};
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::service::Idempotency;
-use super::store::IdempotencyStore;
+use crate::store::IdempotencyStore;
+use crate::store::exec::{ClaimRules, KeptResults};
 
 /// Settings shared by every clone of a layer's services.
 #[derive(Clone, Debug)]

@@ -88,9 +88,7 @@
 //! [`fail_open`](IdempotencyLayer::fail_open)).
 
 mod body;
-pub(crate) mod exec;
 mod future;
-pub(crate) mod key;
 mod layer;
 mod principal;
 mod problem;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::body::ResponseBody;
-use super::key::KeyError;
+use crate::key::KeyError;
 use crate::telemetry::ServerOutcome;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};

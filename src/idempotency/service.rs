@@ -17,13 +17,15 @@ use tracing::{Instrument, Span};
 
 use super::StoreDecision;
 use super::body::{BoxError, ResponseBody};
-use super::exec::{self, Acquired, Claimed, HeldClaim, Refused, Renewer};
 use super::future::{KeyedWork, ResponseFuture};
-use super::key;
 use super::layer::Config;
 use super::principal::{AuthorizationPrincipal, PrincipalExtractor};
 use super::problem::Problem;
-use super::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError, StoredResponse};
+use crate::key;
+use crate::store::exec::{self, Acquired, Claimed, HeldClaim, Refused, Renewer};
+use crate::store::{
+    Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome, StoredResponse,
+};
 use crate::telemetry::{self, ServerOutcome};
 
 /// The response header marking a replayed result (a `HeaderName`: from a
@@ -392,13 +394,13 @@ where
                 Ok(response)
             }
             Ok(Executed::Stored(parts, body)) => {
-                let stored = || Outcome::Response(stored_response(&parts, &body));
+                let stored = || StoredOutcome::Response(stored_response(&parts, &body));
                 held.complete(stored(), stored, config.ttl).await;
                 Ok(Response::from_parts(parts, ResponseBody::full(body)))
             }
             Ok(Executed::NotStored(response)) => {
                 let status = response.status();
-                let not_stored = move || Outcome::NotStored { status };
+                let not_stored = move || StoredOutcome::NotStored { status };
                 held.complete(not_stored(), not_stored, config.ttl).await;
                 Ok(response)
             }
@@ -490,9 +492,9 @@ async fn claim<St: IdempotencyStore, B>(
     }
 }
 
-fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
+fn replay<B>(outcome: StoredOutcome) -> Response<ResponseBody<B>> {
     match outcome {
-        Outcome::Response(stored) => {
+        StoredOutcome::Response(stored) => {
             telemetry::server_answered(ServerOutcome::Replayed, Some(stored.status));
             let mut response = Response::new(ResponseBody::full(stored.body));
             *response.status_mut() = stored.status;
@@ -502,9 +504,11 @@ fn replay<B>(outcome: Outcome) -> Response<ResponseBody<B>> {
                 .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
             response
         }
-        Outcome::NotStored { status } => Problem::ResponseNotStored { status }.into_response(),
+        StoredOutcome::NotStored { status } => {
+            Problem::ResponseNotStored { status }.into_response()
+        }
         // A record written by `Once`: the key was used for another operation.
-        Outcome::Value(_) | Outcome::Failed(_) => Problem::KeyReused.into_response(),
+        StoredOutcome::Value(_) | StoredOutcome::Failed(_) => Problem::KeyReused.into_response(),
     }
 }
 

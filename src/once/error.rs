@@ -1,7 +1,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use crate::idempotency::store::StoreError;
+use crate::store::StoreError;
 
 /// Why [`Once::run`](super::Once::run) did not return a value.
 ///

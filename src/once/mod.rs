@@ -92,8 +92,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::idempotency::exec::{self, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
-use crate::idempotency::store::{Fingerprint, IdempotencyStore, Outcome, RecordKey};
+use crate::store::exec::{self, ClaimRules, Claimed, HeldClaim, Refused, Renewal};
+use crate::store::{Fingerprint, IdempotencyStore, RecordKey, StoredOutcome};
 
 /// Runs closures at most once per (scope, key), over an [`IdempotencyStore`].
 ///
@@ -238,19 +238,19 @@ impl<St: IdempotencyStore> Once<St> {
             Ok(value) => match serde_json::to_vec(&value) {
                 Ok(json) => {
                     let json = Bytes::from(json);
-                    let outcome = || Outcome::Value(json.clone());
+                    let outcome = || StoredOutcome::Value(json.clone());
                     held.complete(outcome(), outcome, self.ttl).await;
                     Ok(Ran::Executed(value))
                 }
                 Err(error) => {
                     let message = format!("its value could not be encoded: {error}");
-                    let outcome = || Outcome::Failed(message.clone());
+                    let outcome = || StoredOutcome::Failed(message.clone());
                     held.complete(outcome(), outcome, self.ttl).await;
                     Err(OnceError::Encode(error))
                 }
             },
             Err(Failure { error, store: true }) => {
-                let outcome = || Outcome::Failed(error.to_string());
+                let outcome = || StoredOutcome::Failed(error.to_string());
                 held.complete(outcome(), outcome, self.ttl).await;
                 Err(OnceError::Failed(error))
             }
@@ -265,14 +265,16 @@ impl<St: IdempotencyStore> Once<St> {
     }
 }
 
-fn replay<T: DeserializeOwned, E>(outcome: Outcome) -> Result<Ran<T>, OnceError<E>> {
+fn replay<T: DeserializeOwned, E>(outcome: StoredOutcome) -> Result<Ran<T>, OnceError<E>> {
     match outcome {
-        Outcome::Value(json) => serde_json::from_slice(&json)
+        StoredOutcome::Value(json) => serde_json::from_slice(&json)
             .map(Ran::Replayed)
             .map_err(OnceError::Decode),
-        Outcome::Failed(message) => Err(OnceError::StoredFailure(message)),
+        StoredOutcome::Failed(message) => Err(OnceError::StoredFailure(message)),
         // A record of an HTTP request under the same scope and key.
-        Outcome::Response(_) | Outcome::NotStored { .. } => Err(OnceError::FingerprintMismatch),
+        StoredOutcome::Response(_) | StoredOutcome::NotStored { .. } => {
+            Err(OnceError::FingerprintMismatch)
+        }
     }
 }
 

@@ -14,10 +14,15 @@ pub use self::reqwest::ReqwestTemplate;
 use http::{Extensions, HeaderMap, Method, StatusCode};
 use tower_service::Service;
 
-use crate::ReplayBody;
-use crate::classify::RequestView;
-use crate::idempotency_key::{IDEMPOTENCY_KEY, IdempotencyKey, KeySlot};
-use crate::retry::NotReplayable;
+mod body;
+mod not_replayable;
+mod view;
+
+pub use body::ReplayBody;
+pub use not_replayable::NotReplayable;
+pub use view::RequestView;
+
+use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeySlot};
 
 /// A request the retry layer can send more than once.
 ///

@@ -8,10 +8,11 @@
 use http::{Extensions, HeaderMap, HeaderName, Method, StatusCode, Uri};
 use tower_service::Service;
 
-use super::{KeyableRequest, RequestTemplate, RetryRequest, RetryResponse, key_slot_for};
-use crate::classify::RequestView;
-use crate::idempotency_key::KeySlot;
-use crate::retry::NotReplayable;
+use super::{
+    KeyableRequest, NotReplayable, RequestTemplate, RequestView, RetryRequest, RetryResponse,
+    key_slot_for,
+};
+use crate::key::KeySlot;
 
 /// The [`RequestTemplate`] of a `reqwest::Request`: a copy made with
 /// `try_clone`. A request whose body cannot be copied (a stream) is sent

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::{
     AttemptTimedOut, Attempts, DeadlineExceeded, GiveUpEvent, GiveUpReason, NotReplayable,
-    RetryEvent, RetryLayer, safety,
+    RetryEvent, RetryLayer, safety, sink,
 };
 use crate::BoxError;
 use crate::classify::{Classifier, Outcome, RequestView};
@@ -85,7 +85,7 @@ where
         deadline: Option<Instant>,
     ) -> Option<Pin<Box<Sleep>>> {
         let mut timer = None;
-        if let Some(at) = attempt_ends(config.attempt_timeout, deadline) {
+        if let Some(at) = attempt_ends(config.settings.attempt_timeout, deadline) {
             set_timer(&mut timer, at);
         }
         timer
@@ -253,7 +253,7 @@ where
                     let entered = this.span.enter();
                     let future = this.template.send(this.service, request);
                     drop(entered);
-                    match attempt_ends(this.config.attempt_timeout, *this.deadline) {
+                    match attempt_ends(this.config.settings.attempt_timeout, *this.deadline) {
                         Some(at) => set_timer(this.timer, at),
                         // No bound on this attempt: the delay's timer must
                         // not fire as a timeout.
@@ -317,7 +317,7 @@ where
                         return Some(with_attempts(result, *this.attempt));
                     }
                     Begun::Probe(probe) => {
-                        let timeout = this.config.reconcile.timeout;
+                        let timeout = this.config.settings.reconcile.timeout;
                         match attempt_ends(timeout, *this.deadline) {
                             Some(at) => set_timer(this.timer, at),
                             None => *this.timer = None,
@@ -438,7 +438,7 @@ fn schedule_retry<S, T, C>(
         "retrying"
     );
     telemetry::retrying(error_type, delay);
-    if let Some(hook) = &this.config.on_retry {
+    if let Some(hook) = &this.config.settings.on_retry {
         hook(&RetryEvent {
             request,
             attempt: *this.attempt,
@@ -537,7 +537,7 @@ fn decide<C, T: RequestTemplate>(
         } => (processed, retry_after),
     };
     safety(request, processed).map_err(Some)?;
-    if attempt >= config.max_attempts {
+    if attempt >= config.settings.max_attempts {
         return Err(Some(GiveUpReason::MaxAttempts));
     }
     let hold = match template.check_replayable() {
@@ -548,18 +548,18 @@ fn decide<C, T: RequestTemplate>(
         Err(why) => return Err(Some(GiveUpReason::NotReplayable(why))),
     };
     let delay = match retry_after {
-        Some(asked) if asked > config.max_retry_after => {
+        Some(asked) if asked > config.settings.max_retry_after => {
             return Err(Some(GiveUpReason::RetryAfterTooLong));
         }
         Some(asked) => asked.saturating_add(retry_after_jitter(asked)),
-        None => config.backoff.delay(attempt, previous_delay),
+        None => config.settings.backoff.delay(attempt, previous_delay),
     };
     if let Some(deadline) = deadline {
         if crate::time::after(delay) >= deadline {
             return Err(Some(GiveUpReason::Deadline));
         }
     }
-    if let Some(budget) = &config.budget {
+    if let Some(budget) = &config.settings.budget {
         if !budget.withdraw_for(request.uri()) {
             return Err(Some(GiveUpReason::BudgetExhausted));
         }
@@ -577,8 +577,7 @@ fn retry_after_jitter(asked: Duration) -> Duration {
     crate::Backoff::exponential(bound, bound).delay(1, Duration::ZERO)
 }
 
-/// `parked`: the request's template and last result, for the dead-letter
-/// queue.
+/// `parked`: the request's template and last result, for the give-up sink.
 fn give_up<C, T: RequestTemplate, R: RetryResponse>(
     config: &RetryLayer<C>,
     request: RequestView<'_>,
@@ -596,8 +595,8 @@ fn give_up<C, T: RequestTemplate, R: RetryResponse>(
         %reason,
         "giving up"
     );
-    telemetry::gave_up(reason, attempts);
-    if let Some(hook) = &config.on_give_up {
+    telemetry::gave_up(reason.as_str(), attempts);
+    if let Some(hook) = &config.settings.on_give_up {
         hook(&GiveUpEvent {
             request,
             attempts,
@@ -605,7 +604,17 @@ fn give_up<C, T: RequestTemplate, R: RetryResponse>(
             reason,
         });
     }
-    if let Some(sink) = &config.dead_letters {
-        sink.park(request, parked.0, attempts, reason, parked.1);
+    if let Some(sink) = &config.settings.give_up_sink {
+        let (template, last) = parked;
+        let gave_up = sink::GaveUp {
+            request,
+            attempts,
+            reason,
+            last: last.map(outcome_of),
+            body: &|| template.kept_body(),
+        };
+        if let Some(parking) = sink.park(&gave_up) {
+            sink::spawn(parking, &request);
+        }
     }
 }

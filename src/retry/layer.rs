@@ -3,8 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_layer::Layer;
 
+use super::reconcile::ReconcileConfig;
+use super::sink::GiveUpSink;
 use super::{GiveUpEvent, Retry, RetryEvent};
-use crate::dead_letter::DeadLetters;
 use crate::{Backoff, DefaultClassifier, RetryBudget};
 
 pub(crate) type RetryHook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
@@ -40,8 +41,17 @@ pub(crate) type GiveUpHook = Arc<dyn Fn(&GiveUpEvent<'_>) + Send + Sync>;
 /// ));
 /// # let _ = service;
 /// ```
+#[derive(Clone)]
 pub struct RetryLayer<C = DefaultClassifier> {
     pub(crate) classifier: C,
+    // Everything but the classifier, so that changing the classifier's type
+    // moves the rest as one value.
+    pub(crate) settings: Settings,
+}
+
+/// The settings of a [`RetryLayer`] other than its classifier.
+#[derive(Clone)]
+pub(crate) struct Settings {
     pub(crate) backoff: Backoff,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) max_attempts: u32,
@@ -51,8 +61,8 @@ pub struct RetryLayer<C = DefaultClassifier> {
     pub(crate) replay_limit: usize,
     pub(crate) on_retry: Option<RetryHook>,
     pub(crate) on_give_up: Option<GiveUpHook>,
-    pub(crate) dead_letters: Option<DeadLetters>,
-    pub(crate) reconcile: crate::reconcile::ReconcileConfig,
+    pub(crate) give_up_sink: Option<Arc<dyn GiveUpSink>>,
+    pub(crate) reconcile: ReconcileConfig,
 }
 
 impl RetryLayer {
@@ -65,17 +75,19 @@ impl RetryLayer {
     pub fn new() -> Self {
         RetryLayer {
             classifier: DefaultClassifier::new(),
-            backoff: Backoff::default(),
-            budget: Some(RetryBudget::default()),
-            max_attempts: 3,
-            max_retry_after: Duration::from_secs(60),
-            deadline: None,
-            attempt_timeout: None,
-            replay_limit: 64 * 1024,
-            on_retry: None,
-            on_give_up: None,
-            dead_letters: None,
-            reconcile: Default::default(),
+            settings: Settings {
+                backoff: Backoff::default(),
+                budget: Some(RetryBudget::default()),
+                max_attempts: 3,
+                max_retry_after: Duration::from_secs(60),
+                deadline: None,
+                attempt_timeout: None,
+                replay_limit: 64 * 1024,
+                on_retry: None,
+                on_give_up: None,
+                give_up_sink: None,
+                reconcile: ReconcileConfig::default(),
+            },
         }
     }
 }
@@ -99,17 +111,7 @@ impl<C> RetryLayer<C> {
     pub fn classifier<C2>(self, classifier: C2) -> RetryLayer<C2> {
         RetryLayer {
             classifier,
-            backoff: self.backoff,
-            budget: self.budget,
-            max_attempts: self.max_attempts,
-            max_retry_after: self.max_retry_after,
-            deadline: self.deadline,
-            attempt_timeout: self.attempt_timeout,
-            replay_limit: self.replay_limit,
-            on_retry: self.on_retry,
-            on_give_up: self.on_give_up,
-            dead_letters: self.dead_letters,
-            reconcile: self.reconcile,
+            settings: self.settings,
         }
     }
 
@@ -121,7 +123,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn max_attempts(mut self, max_attempts: u32) -> Self {
-        self.max_attempts = max_attempts.max(1);
+        self.settings.max_attempts = max_attempts.max(1);
         self
     }
 
@@ -134,7 +136,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.settings.backoff = backoff;
         self
     }
 
@@ -151,7 +153,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = (a, b);
     /// ```
     pub fn budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
+        self.settings.budget = Some(budget);
         self
     }
 
@@ -163,7 +165,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn no_budget(mut self) -> Self {
-        self.budget = None;
+        self.settings.budget = None;
         self
     }
 
@@ -176,7 +178,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
+        self.settings.max_retry_after = max;
         self
     }
 
@@ -190,7 +192,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
+        self.settings.deadline = Some(deadline);
         self
     }
 
@@ -204,7 +206,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
+        self.settings.attempt_timeout = Some(timeout);
         self
     }
 
@@ -216,7 +218,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn replay_limit(mut self, limit: usize) -> Self {
-        self.replay_limit = limit;
+        self.settings.replay_limit = limit;
         self
     }
 
@@ -237,7 +239,7 @@ impl<C> RetryLayer<C> {
     where
         F: Fn(&RetryEvent<'_>) + Send + Sync + 'static,
     {
-        self.on_retry = Some(Arc::new(hook));
+        self.settings.on_retry = Some(Arc::new(hook));
         self
     }
 
@@ -259,48 +261,17 @@ impl<C> RetryLayer<C> {
     where
         F: Fn(&GiveUpEvent<'_>) + Send + Sync + 'static,
     {
-        self.on_give_up = Some(Arc::new(hook));
+        self.settings.on_give_up = Some(Arc::new(hook));
         self
     }
 }
 
 impl<C> RetryLayer<C> {
-    /// Parks every request the layer gives up on (except a permanent
-    /// failure) in a dead-letter queue, with its body as the replay copy
-    /// kept it, for a [`Replayer`](crate::dead_letter::Replayer) or a person
-    /// to send again. Takes a queue, or a
-    /// [`DeadLetters`] sink to choose headers and redact. The push runs on a
-    /// task of its own: the caller's answer never waits for it.
-    ///
-    /// ```
-    /// use tower_reissue::RetryLayer;
-    /// use tower_reissue::dead_letter::MemoryQueue;
-    /// let queue = MemoryQueue::new();
-    /// let layer = RetryLayer::new().dead_letters(queue.clone());
-    /// # let _ = layer;
-    /// ```
-    pub fn dead_letters(mut self, sink: impl Into<DeadLetters>) -> Self {
-        self.dead_letters = Some(sink.into());
+    /// Hands what the layer gives up on to `sink` (see
+    /// [`dead_letters`](Self::dead_letters), the sink this crate provides).
+    pub(crate) fn give_up_sink(mut self, sink: Arc<dyn GiveUpSink>) -> Self {
+        self.settings.give_up_sink = Some(sink);
         self
-    }
-}
-
-impl<C: Clone> Clone for RetryLayer<C> {
-    fn clone(&self) -> Self {
-        RetryLayer {
-            classifier: self.classifier.clone(),
-            backoff: self.backoff,
-            budget: self.budget.clone(),
-            max_attempts: self.max_attempts,
-            max_retry_after: self.max_retry_after,
-            deadline: self.deadline,
-            attempt_timeout: self.attempt_timeout,
-            replay_limit: self.replay_limit,
-            on_retry: self.on_retry.clone(),
-            on_give_up: self.on_give_up.clone(),
-            dead_letters: self.dead_letters.clone(),
-            reconcile: self.reconcile.clone(),
-        }
     }
 }
 
@@ -308,13 +279,13 @@ impl<C: fmt::Debug> fmt::Debug for RetryLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer")
             .field("classifier", &self.classifier)
-            .field("backoff", &self.backoff)
-            .field("budget", &self.budget)
-            .field("max_attempts", &self.max_attempts)
-            .field("max_retry_after", &self.max_retry_after)
-            .field("deadline", &self.deadline)
-            .field("attempt_timeout", &self.attempt_timeout)
-            .field("replay_limit", &self.replay_limit)
+            .field("backoff", &self.settings.backoff)
+            .field("budget", &self.settings.budget)
+            .field("max_attempts", &self.settings.max_attempts)
+            .field("max_retry_after", &self.settings.max_retry_after)
+            .field("deadline", &self.settings.deadline)
+            .field("attempt_timeout", &self.settings.attempt_timeout)
+            .field("replay_limit", &self.settings.replay_limit)
             .finish_non_exhaustive()
     }
 }

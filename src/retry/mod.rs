@@ -34,12 +34,14 @@
 //! the [`on_retry`](RetryLayer::on_retry) / [`on_give_up`](RetryLayer::on_give_up)
 //! hooks.
 
-mod body;
 mod future;
 mod layer;
+pub mod reconcile;
 mod service;
+pub(crate) mod sink;
 
-pub use body::ReplayBody;
+pub use crate::error::{AttemptTimedOut, DeadlineExceeded};
+pub use crate::request::{NotReplayable, ReplayBody};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use service::Retry;
@@ -85,49 +87,6 @@ pub enum Retryable {
     /// Never retry this request.
     No,
 }
-
-/// Why a request's body cannot be sent again.
-///
-/// ```
-/// use tower_reissue::retry::NotReplayable;
-/// let reason = NotReplayable::TooLarge { limit: 65536 };
-/// assert_eq!(reason.to_string(), "the request body is over the replay limit of 65536 bytes");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum NotReplayable {
-    /// The body was larger than the replay limit, so no copy was kept.
-    TooLarge {
-        /// The replay limit in bytes.
-        limit: usize,
-    },
-    /// Reading the original body failed.
-    BodyFailed,
-    /// An earlier attempt still holds the unread rest of the body (for
-    /// example a connection still writing it after the server answered).
-    InUse,
-    /// The request type cannot be copied (for example a `reqwest` request
-    /// with a streaming body).
-    Unclonable,
-}
-
-impl fmt::Display for NotReplayable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NotReplayable::TooLarge { limit } => write!(
-                f,
-                "the request body is over the replay limit of {limit} bytes"
-            ),
-            NotReplayable::BodyFailed => f.write_str("reading the request body failed"),
-            NotReplayable::InUse => {
-                f.write_str("an earlier attempt still holds the rest of the request body")
-            }
-            NotReplayable::Unclonable => f.write_str("the request cannot be copied"),
-        }
-    }
-}
-
-impl std::error::Error for NotReplayable {}
 
 /// Why the retry layer stopped and handed a failure to the caller.
 ///
@@ -247,40 +206,6 @@ pub struct GiveUpEvent<'a> {
     /// Why no further attempt is made.
     pub reason: GiveUpReason,
 }
-
-/// The per-attempt timeout elapsed before the server answered.
-///
-/// ```
-/// use tower_reissue::retry::AttemptTimedOut;
-/// assert_eq!(AttemptTimedOut.to_string(), "the attempt timed out");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AttemptTimedOut;
-
-impl fmt::Display for AttemptTimedOut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the attempt timed out")
-    }
-}
-
-impl std::error::Error for AttemptTimedOut {}
-
-/// The overall deadline passed while an attempt was in flight.
-///
-/// ```
-/// use tower_reissue::retry::DeadlineExceeded;
-/// assert_eq!(DeadlineExceeded.to_string(), "the request deadline passed");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DeadlineExceeded;
-
-impl fmt::Display for DeadlineExceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the request deadline passed")
-    }
-}
-
-impl std::error::Error for DeadlineExceeded {}
 
 /// Whether the request may be sent again after a transient failure.
 pub(crate) fn safety(request: &RequestView<'_>, processed: Processed) -> Result<(), GiveUpReason> {

@@ -103,11 +103,11 @@ where
         // there to the returned future, its parts are moved once, not kept
         // in a second copy for the unwinding path (measured).
         let config = self.config.clone();
-        let deadline = config.deadline.map(crate::time::after);
+        let deadline = config.settings.deadline.map(crate::time::after);
         let timer = ResponseFuture::<S, R::Template, C>::timer(&config, deadline);
         // The attempt and its template stay one tuple, used in place:
         // destructuring it would copy both out once more (measured).
-        let first = request.into_attempt(config.replay_limit);
+        let first = request.into_attempt(config.settings.replay_limit);
         let span = crate::telemetry::AttemptSpan::open(&first.1.view(), 1);
         // Entered around the call, not through a closure or a block, either
         // of which would move the request or the future once more.
@@ -116,7 +116,7 @@ where
         drop(entered);
         // Deposited once the attempt is on its way: no withdrawal can come
         // before its answer, and the attempt is not held up meanwhile.
-        if let Some(budget) = &config.budget {
+        if let Some(budget) = &config.settings.budget {
             budget.deposit_for(first.1.view().uri());
         }
         ResponseFuture::new(future, span, timer, service, first.1, config, deadline)

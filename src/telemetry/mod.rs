@@ -69,8 +69,6 @@ pub(crate) use span::{AttemptSpan, ErrorType, server_span};
 
 use std::time::Duration;
 
-use crate::retry::GiveUpReason;
-
 /// A retry is about to be made after a failure of `error_type`.
 #[inline]
 pub(crate) fn retrying(error_type: Option<&ErrorType>, delay: Duration) {
@@ -102,23 +100,17 @@ pub(crate) fn succeeded(attempts: u32) {
 
 /// The layer gave up after `attempts` attempts.
 #[inline]
-pub(crate) fn gave_up(reason: GiveUpReason, attempts: u32) {
+pub(crate) fn gave_up(reason: &'static str, attempts: u32) {
     #[cfg(feature = "metrics")]
     {
-        ::metrics::counter!(metrics::GIVE_UPS, metrics::LABEL_REASON => give_up_label(reason))
-            .increment(1);
-        if reason == GiveUpReason::BudgetExhausted {
+        ::metrics::counter!(metrics::GIVE_UPS, metrics::LABEL_REASON => reason).increment(1);
+        if reason == "budget_exhausted" {
             ::metrics::counter!(metrics::BUDGET_REFUSALS).increment(1);
         }
         ::metrics::histogram!(metrics::ATTEMPTS).record(attempts);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (reason, attempts);
-}
-
-#[cfg(feature = "metrics")]
-fn give_up_label(reason: GiveUpReason) -> &'static str {
-    reason.as_str()
 }
 
 /// A reconciler answered `answer` (a closed set: see the metrics table).
@@ -140,28 +132,24 @@ pub(crate) fn dead_letter(event: &'static str) {
     let _ = event;
 }
 
-/// A circuit breaker went from `from` to `to`.
-pub(crate) fn breaker_changed(
-    from: crate::circuit::BreakerState,
-    to: crate::circuit::BreakerState,
-) {
+/// A circuit breaker went from `from` to `to` (the states' labels:
+/// `closed`, `open`, `half_open`).
+pub(crate) fn breaker_changed(from: &'static str, to: &'static str) {
     #[cfg(feature = "metrics")]
     {
-        use crate::circuit::BreakerState;
         ::metrics::counter!(
             metrics::BREAKER_TRANSITIONS,
-            metrics::LABEL_FROM => from.as_str(),
-            metrics::LABEL_TO => to.as_str(),
+            metrics::LABEL_FROM => from,
+            metrics::LABEL_TO => to,
         )
         .increment(1);
         // Closed breakers are not counted: with one breaker per host, their
         // number is however many hosts were ever called.
-        if from != BreakerState::Closed {
-            ::metrics::gauge!(metrics::BREAKERS, metrics::LABEL_STATE => from.as_str())
-                .decrement(1);
+        if from != "closed" {
+            ::metrics::gauge!(metrics::BREAKERS, metrics::LABEL_STATE => from).decrement(1);
         }
-        if to != BreakerState::Closed {
-            ::metrics::gauge!(metrics::BREAKERS, metrics::LABEL_STATE => to.as_str()).increment(1);
+        if to != "closed" {
+            ::metrics::gauge!(metrics::BREAKERS, metrics::LABEL_STATE => to).increment(1);
         }
     }
     #[cfg(not(feature = "metrics"))]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tower_reissue::idempotency::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
     StoredResponse,
 };
 
@@ -57,7 +57,7 @@ pub fn fingerprint(n: u8) -> Fingerprint {
 
 /// A response with repeated headers and a body of every byte value, so that
 /// "byte for byte" is tested on awkward data.
-pub fn outcome(tag: &str) -> Outcome {
+pub fn outcome(tag: &str) -> StoredOutcome {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.append("set-cookie", HeaderValue::from_static("a=1"));
@@ -65,7 +65,7 @@ pub fn outcome(tag: &str) -> Outcome {
     headers.insert("x-tag", HeaderValue::from_str(tag).unwrap());
     let mut body = tag.as_bytes().to_vec();
     body.extend(0..=255u8);
-    Outcome::Response(StoredResponse {
+    StoredOutcome::Response(StoredResponse {
         status: StatusCode::CREATED,
         headers,
         body: Bytes::from(body),
@@ -100,7 +100,7 @@ pub async fn assert_completed<S: IdempotencyStore>(
     store: &S,
     key: &RecordKey,
     fp: &Fingerprint,
-    expected: &Outcome,
+    expected: &StoredOutcome,
 ) {
     match store
         .claim(key, &fingerprint(0xee), Duration::from_secs(60))
@@ -203,7 +203,7 @@ async fn claims_and_completions<S: IdempotencyStore>(store: &S, t: Timing) -> Ve
     // A marker outcome is kept too.
     let marked = RecordKey::new("alice", "too-big");
     let marked_token = acquire(store, &marked, &fp, t.long).await;
-    let not_stored = Outcome::NotStored {
+    let not_stored = StoredOutcome::NotStored {
         status: StatusCode::OK,
     };
     store

@@ -46,7 +46,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn reconcile<R: Reconcile>(mut self, reconciler: R) -> Self {
-        self.reconcile.reconciler = Some(super::share(reconciler));
+        self.settings.reconcile.reconciler = Some(super::share(reconciler));
         self
     }
 
@@ -61,7 +61,7 @@ impl<C> RetryLayer<C> {
     /// # let _ = layer;
     /// ```
     pub fn reconcile_timeout(mut self, timeout: Duration) -> Self {
-        self.reconcile.timeout = Some(timeout);
+        self.settings.reconcile.timeout = Some(timeout);
         self
     }
 
@@ -83,7 +83,7 @@ impl<C> RetryLayer<C> {
     where
         F: Fn(&ReconcileEvent<'_>) + Send + Sync + 'static,
     {
-        self.reconcile.on_reconcile = Some(Arc::new(hook));
+        self.settings.reconcile.on_reconcile = Some(Arc::new(hook));
         self
     }
 }
@@ -127,7 +127,7 @@ pub(crate) fn begin<C, T: RequestTemplate>(
             Begun::Applied
         }
         GiveUpReason::NotSafe => {
-            let Some(reconciler) = &config.reconcile.reconciler else {
+            let Some(reconciler) = &config.settings.reconcile.reconciler else {
                 return Begun::GiveUp(reason);
             };
             let now = Instant::now();
@@ -136,7 +136,7 @@ pub(crate) fn begin<C, T: RequestTemplate>(
             }
             // A probe is a request to the same API: it is paid for like a
             // retry, so that probes cannot grow into a storm of their own.
-            if let Some(budget) = &config.budget {
+            if let Some(budget) = &config.settings.budget {
                 if !budget.withdraw_for(request.uri()) {
                     return Begun::GiveUp(GiveUpReason::BudgetExhausted);
                 }
@@ -201,7 +201,7 @@ pub(crate) fn settle<C>(
         Err(error) if error.is::<super::ReconcileTimedOut>() => "timeout",
         Err(_) => "error",
     });
-    if let Some(hook) = &config.reconcile.on_reconcile {
+    if let Some(hook) = &config.settings.reconcile.on_reconcile {
         hook(&ReconcileEvent {
             request: *request,
             attempt: request.attempt(),

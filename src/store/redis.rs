@@ -4,10 +4,13 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::io::tcp::TcpSettings;
-use ::redis::{Client, IntoConnectionInfo, RedisError, Script, Value};
 
-use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError};
+use ::redis::{RedisError, Script, Value};
+
+use super::{
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
+};
+use crate::redis_conn::{connect_manager, within};
 
 /// Claims a record: reports the live record if there is one, otherwise
 /// creates it in flight with a fresh fencing token and a lease set by `PX`.
@@ -88,7 +91,7 @@ static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE))
 ///
 /// * `{prefix}:{principal}:{key}`: one hash per record, with the fields
 ///   `fp` (the [`Fingerprint`]), `token` (while in flight) and `outcome`
-///   (once completed, encoded with [`Outcome::to_bytes`]). A `:` or `%` in the
+///   (once completed, encoded with [`StoredOutcome::to_bytes`]). A `:` or `%` in the
 ///   principal is percent-encoded, so the first `:` after the prefix always
 ///   ends the principal. The prefix defaults to `idempotency`.
 /// * `{prefix}:fencing-token`: the counter that issues
@@ -202,43 +205,8 @@ impl RedisStore {
     /// let config = RedisStore::manager_config().set_response_timeout(Some(Duration::from_millis(250)));
     /// ```
     pub fn manager_config() -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(100))
-            .set_max_delay(Duration::from_millis(500))
+        crate::redis_conn::manager_config()
     }
-}
-
-/// The answer of one Redis call, or why there is none: its error, or that
-/// it took longer than `timeout` (its effect is then unknown).
-pub(crate) async fn within(
-    timeout: Duration,
-    call: impl Future<Output = Result<Value, RedisError>>,
-) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(err.into()),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("redis did not answer within {timeout:?}"),
-        )
-        .into()),
-    }
-}
-
-/// A [`ConnectionManager`] to `url` with [`RedisStore::manager_config`] and
-/// `TCP_NODELAY`, as every Redis-backed part of the crate connects.
-pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, RedisError> {
-    // Requests from many handlers share one connection; without
-    // TCP_NODELAY a command written while another awaits its reply can
-    // sit in the kernel waiting for an ACK.
-    let info = url
-        .into_connection_info()?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    let client = Client::open(info)?;
-    ConnectionManager::new_with_config(client, RedisStore::manager_config()).await
 }
 
 impl<C> RedisStore<C> {
@@ -419,7 +387,7 @@ where
         &self,
         key: &RecordKey,
         token: FencingToken,
-        outcome: Outcome,
+        outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let outcome = outcome.to_bytes();
@@ -512,7 +480,7 @@ pub(crate) fn parse_claim(value: Value) -> Result<Claim, StoreError> {
             Value::BulkString(outcome),
         ] => Ok(Claim::Completed {
             fingerprint: parse_fingerprint(fingerprint)?,
-            outcome: Outcome::from_bytes(outcome)?,
+            outcome: StoredOutcome::from_bytes(outcome)?,
         }),
         _ => Err(corrupt("unexpected claim reply")),
     }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError,
+use super::{
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };
 
 /// How to claim a record.
@@ -39,7 +39,7 @@ pub(crate) struct ClaimRules {
 /// A claim that went the caller's way: run the work, or use the stored result.
 pub(crate) enum Claimed {
     Acquired(Acquired),
-    Completed(Outcome),
+    Completed(StoredOutcome),
 }
 
 /// A claim acquired: its token, and when it was sent (the lease runs from no
@@ -217,8 +217,8 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     /// this one's is part of every keyed request's.
     pub(crate) fn complete(
         &mut self,
-        outcome: Outcome,
-        again: impl FnOnce() -> Outcome,
+        outcome: StoredOutcome,
+        again: impl FnOnce() -> StoredOutcome,
         ttl: Duration,
     ) -> impl Future<Output = ()> {
         self.settled = true;
@@ -270,7 +270,7 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         }
     }
 
-    async fn complete_again(self, outcome: Outcome, ttl: Duration) {
+    async fn complete_again(self, outcome: StoredOutcome, ttl: Duration) {
         let mut pause = COMPLETION_RETRY_FIRST_PAUSE;
         loop {
             // Stop while a whole try still fits in the lease.
@@ -457,7 +457,7 @@ struct KeptInner {
 #[derive(Debug)]
 struct Kept {
     fingerprint: Fingerprint,
-    outcome: Outcome,
+    outcome: StoredOutcome,
     expires_at: Instant,
 }
 
@@ -473,7 +473,7 @@ impl KeptResults {
     }
 
     /// The live kept result of `record`, if any.
-    fn get(&self, record: &RecordKey) -> Option<(Fingerprint, Outcome)> {
+    fn get(&self, record: &RecordKey) -> Option<(Fingerprint, StoredOutcome)> {
         if self.0.len.load(Ordering::Acquire) == 0 {
             return None;
         }
@@ -493,7 +493,13 @@ impl KeptResults {
         self.change(|kept| kept.remove(record));
     }
 
-    fn insert(&self, record: RecordKey, fingerprint: Fingerprint, outcome: Outcome, ttl: Duration) {
+    fn insert(
+        &self,
+        record: RecordKey,
+        fingerprint: Fingerprint,
+        outcome: StoredOutcome,
+        ttl: Duration,
+    ) {
         let now = Instant::now();
         self.change(|kept| {
             kept.retain(|_, entry| entry.expires_at > now);

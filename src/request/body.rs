@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
 use super::NotReplayable;
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// A request body that can be sent again.
 ///

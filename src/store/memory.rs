@@ -7,7 +7,9 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
-use super::{Claim, FencingToken, Fingerprint, IdempotencyStore, Outcome, RecordKey, StoreError};
+use super::{
+    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
+};
 
 /// An [`IdempotencyStore`] held in this process's memory.
 ///
@@ -228,7 +230,7 @@ impl Record {
 #[derive(Debug)]
 enum RecordState {
     InFlight(FencingToken),
-    Completed(Outcome),
+    Completed(StoredOutcome),
 }
 
 impl Default for MemoryStore {
@@ -624,7 +626,7 @@ impl State {
         key: &RecordKey,
         token: FencingToken,
         live_for: Duration,
-        completed: Option<Outcome>,
+        completed: Option<StoredOutcome>,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let seq = self.next_seq();
@@ -671,7 +673,7 @@ impl IdempotencyStore for MemoryStore {
         &self,
         key: &RecordKey,
         token: FencingToken,
-        outcome: Outcome,
+        outcome: StoredOutcome,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         async move { self.lock().extend(key, token, ttl, Some(outcome)) }
@@ -750,7 +752,7 @@ mod tests {
         else {
             panic!("claim of {} refused", key.key());
         };
-        let outcome = Outcome::NotStored {
+        let outcome = StoredOutcome::NotStored {
             status: http::StatusCode::OK,
         };
         state.extend(key, token, ttl, Some(outcome)).unwrap();

@@ -4,7 +4,7 @@ use http::HeaderMap;
 
 /// The request header that carries the key (a `HeaderName`, so looking it
 /// up does not parse the name each time).
-pub(crate) use crate::idempotency_key::IDEMPOTENCY_KEY;
+pub(crate) use super::IDEMPOTENCY_KEY;
 
 const MAX_KEY_LEN: usize = 255;
 
