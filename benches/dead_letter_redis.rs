@@ -9,8 +9,6 @@
 
 mod common;
 
-#[path = "../tests/dead_letter_conformance/mod.rs"]
-mod dead_letter_conformance;
 #[path = "../tests/redis_server/mod.rs"]
 mod redis_server;
 
@@ -23,7 +21,7 @@ use tower_reissue::dead_letter::{
     DeadLetterId, DeadLetterQueue, FailedRequest, PageQuery, RedisQueue, SqliteQueue,
 };
 
-use dead_letter_conformance::request;
+use tower_reissue::conformance::queue::request;
 
 const ENTRIES: u32 = 100_000;
 const HOSTS: u32 = 10;

@@ -4,7 +4,10 @@
 # start-up and set-up, which a single run would count. On a shared machine
 # this is the stable figure; timings are not.
 #
-#   benches/instructions.sh [bench ...]
+#   benches/instructions.sh [--features LIST] [bench ...]
+#
+# `--features` (or FEATURES=LIST) builds the benches with those cargo
+# features, for benches that need one (their `required-features`).
 #
 # Each bench binary named here runs `MODE N` (N operations of MODE) and
 # prints its modes with `--list`, one per line, as `MODE [BASELINE]`; a mode
@@ -14,6 +17,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 short=${SHORT:-1000}
 long=${LONG:-11000}
+features=${FEATURES:-}
+if [ "${1:-}" = "--features" ]; then
+  features=$2
+  shift 2
+fi
 benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(retry_instructions idempotency_instructions)
 
@@ -24,7 +32,7 @@ count() {
 
 printf '%-26s %-34s %12s %8s\n' bench mode instr/op ratio
 for bench in "${benches[@]}"; do
-  bin=$(cargo bench --bench "$bench" --no-run --message-format=json 2>/dev/null |
+  bin=$(cargo bench --bench "$bench" ${features:+--features "$features"} --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
   [ -n "$bin" ] || { echo "no such bench: $bench" >&2; exit 1; }
   declare -A per_op=()

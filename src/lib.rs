@@ -121,6 +121,9 @@ pub mod backoff;
 pub mod budget;
 pub mod circuit;
 pub mod classify;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 pub mod dead_letter;
 pub mod idempotency;
 pub mod idempotency_key;

@@ -2,8 +2,7 @@
 //! `SqliteQueue` (on real files), plus what is particular to SQLite: the
 //! file outlives the queue, and its schema version is checked.
 
-mod dead_letter_conformance;
-
+use tower_reissue::conformance::queue as dead_letter_conformance;
 use tower_reissue::dead_letter::MemoryQueue;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,7 +20,7 @@ mod sqlite {
         DeadLetterQueue, DeadLetterState, PageQuery, QueueError, SqliteQueue, StateKind,
     };
 
-    use super::dead_letter_conformance::{self, request};
+    use tower_reissue::conformance::queue::{self as dead_letter_conformance, request};
 
     /// A fresh file under Cargo's per-target temporary directory.
     fn fresh_file(name: &str) -> PathBuf {

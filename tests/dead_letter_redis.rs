@@ -10,7 +10,6 @@
 #![cfg(feature = "redis")]
 
 mod common;
-mod dead_letter_conformance;
 mod redis_server;
 
 use std::collections::{HashMap, HashSet};
@@ -37,7 +36,7 @@ use tower_reissue::dead_letter::{
 };
 use tower_reissue::{IdempotencyLayer, MemoryStore};
 
-use dead_letter_conformance::request;
+use tower_reissue::conformance::queue::{self as dead_letter_conformance, request};
 
 /// A prefix no other test uses, so tests can share a server.
 fn unique_prefix() -> String {

@@ -2,14 +2,14 @@
 //! plus what is particular to it (its size bound) and the outcome encoding
 //! every store relies on.
 
-mod store_conformance;
-
 use std::time::Duration;
 
 use http::StatusCode;
 
-use store_conformance::{Timing, acquire as acquire_for, outcome};
 use tower_reissue::MemoryStore;
+use tower_reissue::conformance::store::{
+    self as store_conformance, Timing, acquire as acquire_for, outcome,
+};
 use tower_reissue::idempotency::store::{
     Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };

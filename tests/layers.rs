@@ -39,6 +39,9 @@ const LAYERS: &[&[&str]] = &[
     &["retry"],
     // 7: dead letters, attached to the retry layer through its give-up sink.
     &["dead_letter"],
+    // 8: the conformance suites (feature `conformance`), run against the
+    // stores and queues of every floor below.
+    &["conformance"],
 ];
 
 /// Top-level modules in no room: `fuzzing` is a hook compiled only under

@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_reissue::reconcile::{
-    AppliedResponseLost, Reconcile, ReconcileRequest, ReconcileTimedOut, Reconciled, Reconciliation,
+    AlreadyApplied, AppliedResponseLost, NotSent, Reconcile, ReconcileFirst, ReconcileRequest,
+    ReconcileTimedOut, Reconciled, Reconciliation,
 };
 use tower_reissue::retry::GiveUpReason;
 use tower_reissue::{
@@ -858,4 +859,116 @@ async fn ten_thousand_keyless_emails_in_an_incident_with_the_default_budget() {
             .any(|r| *r == GiveUpReason::BudgetExhausted),
         "the budget held the load down"
     );
+}
+
+/// An email with a reference of the caller's, asking the reconciler before
+/// it is sent.
+fn checked_email(api: &EmailApi, reference: &str) -> Request<Full<Bytes>> {
+    let mut request = email(api);
+    request
+        .headers_mut()
+        .insert(REFERENCE, reference.parse().unwrap());
+    request.extensions_mut().insert(ReconcileFirst);
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_checked_first_is_not_sent_when_an_earlier_send_took_effect() {
+    let api = EmailApi::start(|_, _| Fault::None).await;
+    let (layer, log) = reconciling(&api);
+    let client = email_client(layer);
+    // The first run sent it (and, say, crashed before recording that).
+    let mut first = email(&api);
+    first
+        .headers_mut()
+        .insert(REFERENCE, "run-1".parse().unwrap());
+    client.clone().oneshot(first).await.unwrap();
+    assert_eq!(api.sends(), 1);
+
+    // The second run asks before sending: the API has it.
+    let error = client
+        .oneshot(checked_email(&api, "run-1"))
+        .await
+        .unwrap_err();
+
+    assert!(error.is::<AlreadyApplied>(), "{error}");
+    assert_eq!(api.sends(), 1, "not sent again");
+    assert_eq!(api.effects("run-1"), 1);
+    assert_eq!(api.lookups(), 1);
+    assert_eq!(log.answers(), ["applied"]);
+    assert!(log.reasons().is_empty(), "an applied request is no failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_checked_first_is_sent_once_when_no_earlier_send_took_effect() {
+    let api = EmailApi::start(|_, _| Fault::None).await;
+    let (layer, log) = reconciling(&api);
+
+    let response = email_client(layer)
+        .oneshot(checked_email(&api, "run-2"))
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(1)));
+    assert_eq!(api.lookups(), 1, "asked first");
+    assert_eq!(api.sends(), 1);
+    assert_eq!(api.effects("run-2"), 1);
+    assert_eq!(log.answers(), ["not applied"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_checked_first_is_not_sent_when_nobody_can_tell() {
+    let api = EmailApi::start(|route, _| match route {
+        Route::Lookup => Fault::Unavailable,
+        Route::Send => Fault::None,
+    })
+    .await;
+    let (layer, log) = reconciling(&api);
+
+    let error = email_client(layer)
+        .oneshot(checked_email(&api, "run-3"))
+        .await
+        .unwrap_err();
+
+    assert!(error.is::<NotSent>(), "{error}");
+    assert_eq!(api.sends(), 0, "never guess");
+    assert_eq!(log.answers(), ["unknown"]);
+    assert_eq!(
+        log.gave_up.lock().unwrap().clone(),
+        [(GiveUpReason::Unreconciled, Some("run-3".to_owned()))]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_first_is_paid_from_the_budget() {
+    let api = EmailApi::start(|_, _| Fault::None).await;
+    let log = Log::default();
+    // No floor and no deposits but the request's own: 0.5 of a retry.
+    let budget = RetryBudget::builder().ratio(0.5).min_per_sec(0).build();
+    let layer = log.hook(
+        RetryLayer::new()
+            .budget(budget)
+            .reconcile(lookup(api.url(""), no_retry_lookups())),
+    );
+
+    let error = email_client(layer)
+        .oneshot(checked_email(&api, "run-4"))
+        .await
+        .unwrap_err();
+
+    assert!(error.is::<NotSent>(), "{error}");
+    assert_eq!((api.lookups(), api.sends()), (0, 0));
+    assert_eq!(log.reasons(), [GiveUpReason::BudgetExhausted]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn check_first_without_a_reconciler_sends_as_usual() {
+    let api = EmailApi::start(|_, _| Fault::None).await;
+    let response = email_client(RetryLayer::new())
+        .oneshot(checked_email(&api, "run-5"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!((api.lookups(), api.sends()), (0, 1));
 }

@@ -4,15 +4,17 @@
 #![cfg(feature = "redis")]
 
 mod redis_server;
-mod store_conformance;
 
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
-use store_conformance::{Timing, acquire, assert_completed, assert_fenced, fingerprint, outcome};
 use tower_reissue::RedisStore;
+use tower_reissue::conformance::store::{
+    self as store_conformance, Timing, acquire, assert_completed, assert_fenced, fingerprint,
+    outcome,
+};
 use tower_reissue::idempotency::store::{Claim, IdempotencyStore, RecordKey, StoreError};
 
 /// A prefix no other test uses, so tests can share a server.

@@ -74,7 +74,13 @@ pub enum Processed {
 /// assert_eq!(v.retry_after(), Some(Duration::from_secs(3)));
 /// assert!(!Verdict::Permanent.is_transient());
 /// ```
+///
+/// The enum is `#[non_exhaustive]`: a verdict that tells throttling from
+/// failure is coming as a variant of its own, and a classifier outside this
+/// crate keeps compiling when it arrives (it builds the variants it knows,
+/// and a `match` on a verdict ends with a `_` arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Verdict {
     /// The attempt succeeded: hand it to the caller.
     Success,

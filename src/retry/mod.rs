@@ -34,11 +34,16 @@
 //! the [`on_retry`](RetryLayer::on_retry) / [`on_give_up`](RetryLayer::on_give_up)
 //! hooks.
 
+mod check;
+mod decide;
+mod failed;
 mod future;
 mod layer;
 pub mod reconcile;
+mod report;
 mod service;
 pub(crate) mod sink;
+mod timer;
 
 pub use crate::error::{AttemptTimedOut, DeadlineExceeded};
 pub use crate::request::{NotReplayable, ReplayBody};

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
-use super::{ResponseFuture, RetryLayer};
+use super::{ResponseFuture, RetryLayer, check};
 use crate::BoxError;
 use crate::classify::Classifier;
 use crate::request::{RequestTemplate, RetryRequest, RetryResponse};
@@ -108,6 +108,9 @@ where
         // The attempt and its template stay one tuple, used in place:
         // destructuring it would copy both out once more (measured).
         let first = request.into_attempt(config.settings.replay_limit);
+        if check::wanted(&config, &first.1) {
+            return checking(service, first, config, deadline);
+        }
         let span = crate::telemetry::AttemptSpan::open(&first.1.view(), 1);
         // Entered around the call, not through a closure or a block, either
         // of which would move the request or the future once more.
@@ -121,4 +124,27 @@ where
         }
         ResponseFuture::new(future, span, timer, service, first.1, config, deadline)
     }
+}
+
+/// The future of a request that asks the reconciler before its first send.
+#[cold]
+#[inline(never)]
+fn checking<S, T, C>(
+    service: S,
+    first: (T::Attempt, T),
+    config: std::sync::Arc<RetryLayer<C>>,
+    deadline: Option<tokio::time::Instant>,
+) -> ResponseFuture<S, T, C>
+where
+    S: Service<T::Attempt>,
+    T: RequestTemplate,
+{
+    let (attempt, template) = first;
+    // A logical request like any other: it pays into the budget once.
+    if let Some(budget) = &config.settings.budget {
+        budget.deposit_for(template.view().uri());
+    }
+    let check = check::begin(&config, &template, attempt, deadline);
+    let span = crate::telemetry::AttemptSpan::open(&template.view(), 1);
+    ResponseFuture::checking(check, span, service, template, config, deadline)
 }

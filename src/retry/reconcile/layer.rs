@@ -24,6 +24,22 @@ pub(crate) struct ReconcileConfig {
     on_reconcile: Option<ReconcileHook>,
 }
 
+impl ReconcileConfig {
+    /// Whether a reconciler is set, so that a check before sending can be
+    /// made.
+    #[inline(always)]
+    pub(crate) fn can_check(&self) -> bool {
+        self.reconciler.is_some()
+    }
+
+    /// Asks the reconciler about `request`, if there is one.
+    pub(crate) fn probe(&self, request: ReconcileRequest) -> Option<Probe> {
+        self.reconciler
+            .as_ref()
+            .map(|reconciler| reconciler(request))
+    }
+}
+
 impl<C> RetryLayer<C> {
     /// Asks `reconciler` whether an attempt took effect when its fate is
     /// unknown and repeating it blindly is not safe (a `Transient` verdict

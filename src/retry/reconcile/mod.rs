@@ -59,8 +59,10 @@
 //! the caller with [`Reconciliation::Applied`] (most likely by that earlier
 //! attempt) rather than as a plain failure.
 
+mod first;
 mod layer;
 
+pub use first::{AlreadyApplied, NotSent, ReconcileFirst};
 pub(crate) use layer::{Begun, ReconcileConfig, Settled, applied, begin, settle};
 
 use bytes::Bytes;
@@ -246,18 +248,24 @@ impl ReconcileRequest {
         self.correlation_id.as_ref().map(IdempotencyKey::as_str)
     }
 
+    /// Builds the request for a check before the first send (attempt 0, no
+    /// outcome yet).
+    pub(crate) fn before_send(request: &RequestView<'_>, body: Option<Bytes>) -> Self {
+        let mut check = Self::new(request.method().clone(), request.uri().clone())
+            .with_headers(request.headers().clone())
+            .with_attempt(0);
+        check.body = body;
+        check.correlation_id = correlation_id(request);
+        check
+    }
+
     /// Builds the request for the attempt that just ended.
     pub(crate) fn from_attempt(
         request: &RequestView<'_>,
         body: Option<Bytes>,
         outcome: &Outcome<'_>,
     ) -> Self {
-        let correlation_id = match request.extensions().and_then(|e| e.get::<IdempotencyKey>()) {
-            Some(key) => Some(key.clone()),
-            None => request
-                .idempotency_key()
-                .and_then(|k| IdempotencyKey::new(k).ok()),
-        };
+        let correlation_id = correlation_id(request);
         let (last_status, last_error) = match outcome {
             Outcome::Response { status, .. } => (Some(*status), None),
             Outcome::Error(error) => (None, Some(error_chain(*error))),
@@ -272,6 +280,16 @@ impl ReconcileRequest {
             last_error,
             correlation_id,
         }
+    }
+}
+
+/// The logical request's correlation id: its key extension, or its header.
+fn correlation_id(request: &RequestView<'_>) -> Option<IdempotencyKey> {
+    match request.extensions().and_then(|e| e.get::<IdempotencyKey>()) {
+        Some(key) => Some(key.clone()),
+        None => request
+            .idempotency_key()
+            .and_then(|k| IdempotencyKey::new(k).ok()),
     }
 }
 

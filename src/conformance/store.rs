@@ -1,25 +1,39 @@
-//! The `IdempotencyStore` contract as one generic suite, run against every
+//! The [`IdempotencyStore`] contract as one generic suite, run against every
 //! store: `MemoryStore` on tokio's paused clock, `RedisStore` on Redis's real
-//! clock.
+//! clock, and yours.
+//!
+//! [`check_contract`] checks every rule on one store, and
+//! [`check_concurrent_claims`] that concurrent claims of one key acquire it
+//! once. The helpers ([`acquire`], [`assert_completed`], [`assert_fenced`]...)
+//! are public too, for tests of what is particular to a store.
 //!
 //! Waiting is always `tokio::time::sleep`, which the paused clock skips
 //! through at once. Every check is placed so real-time jitter cannot flip
 //! it: "expired" checks wait `lease + margin` after the operation that set
 //! the lease returned, and "still live" checks either come right after that
 //! operation or rely on a lease many times longer than the whole suite.
-#![allow(dead_code)]
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
-use tower_reissue::idempotency::store::{
+use crate::idempotency::store::{
     Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
     StoredResponse,
 };
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
-/// The durations the suite runs with.
+/// The durations the suite runs with: [`Timing::PAUSED`] for a store on
+/// tokio's clock (run the test with the clock paused), [`Timing::REAL`] for a
+/// store on a clock of its own (a database's).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reissue::conformance::store::Timing;
+///
+/// // A store whose clock has a coarse resolution needs a wider margin.
+/// let coarse = Timing { margin: Duration::from_secs(1), ..Timing::REAL };
+/// assert!(coarse.long > coarse.short + coarse.margin);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     /// A lease or ttl the suite waits out.
@@ -51,12 +65,32 @@ impl Timing {
     }
 }
 
+/// The fingerprint whose 32 bytes are all `n`: distinct `n`, distinct
+/// fingerprints.
+///
+/// ```
+/// use tower_reissue::conformance::store::fingerprint;
+///
+/// assert_eq!(fingerprint(1), fingerprint(1));
+/// assert_ne!(fingerprint(1), fingerprint(2));
+/// ```
 pub fn fingerprint(n: u8) -> Fingerprint {
     Fingerprint::from_bytes([n; 32])
 }
 
 /// A response with repeated headers and a body of every byte value, so that
-/// "byte for byte" is tested on awkward data.
+/// "byte for byte" is tested on awkward data. `tag` goes into the `x-tag`
+/// header and the start of the body, so that outcomes of distinct tags differ.
+///
+/// ```
+/// use tower_reissue::conformance::store::outcome;
+/// use tower_reissue::idempotency::store::StoredOutcome;
+///
+/// let StoredOutcome::Response(response) = outcome("one") else { unreachable!() };
+/// assert_eq!(response.headers["x-tag"], "one");
+/// assert_eq!(response.headers.get_all("set-cookie").iter().count(), 2);
+/// assert_ne!(outcome("one"), outcome("two"));
+/// ```
 pub fn outcome(tag: &str) -> StoredOutcome {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
@@ -72,6 +106,25 @@ pub fn outcome(tag: &str) -> StoredOutcome {
     })
 }
 
+/// Claims `key` with the fingerprint `fp` for `lease` and returns the
+/// fencing token; panics unless the claim is
+/// [`Acquired`](Claim::Acquired).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::{acquire, fingerprint};
+/// use tower_reissue::idempotency::store::RecordKey;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new();
+/// let (a, b) = (RecordKey::new("alice", "k1"), RecordKey::new("alice", "k2"));
+/// let first = acquire(&store, &a, &fingerprint(1), Duration::from_secs(60)).await;
+/// let second = acquire(&store, &b, &fingerprint(1), Duration::from_secs(60)).await;
+/// assert_ne!(first, second);
+/// # }
+/// ```
 pub async fn acquire<S: IdempotencyStore>(
     store: &S,
     key: &RecordKey,
@@ -84,6 +137,23 @@ pub async fn acquire<S: IdempotencyStore>(
     }
 }
 
+/// Claims `key` again (with another fingerprint, for `lease`) and panics
+/// unless it is [`InFlight`](Claim::InFlight), held by the fingerprint
+/// `holder`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::{acquire, assert_in_flight, fingerprint};
+/// use tower_reissue::idempotency::store::RecordKey;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (store, key, lease) = (MemoryStore::new(), RecordKey::new("alice", "k"), Duration::from_secs(60));
+/// acquire(&store, &key, &fingerprint(1), lease).await;
+/// assert_in_flight(&store, &key, &fingerprint(1), lease).await;
+/// # }
+/// ```
 pub async fn assert_in_flight<S: IdempotencyStore>(
     store: &S,
     key: &RecordKey,
@@ -96,6 +166,24 @@ pub async fn assert_in_flight<S: IdempotencyStore>(
     }
 }
 
+/// Claims `key` again (with another fingerprint) and panics unless it is
+/// [`Completed`](Claim::Completed) with the fingerprint `fp` and the outcome
+/// `expected`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::{acquire, assert_completed, fingerprint, outcome};
+/// use tower_reissue::idempotency::store::{IdempotencyStore, RecordKey};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (store, key, lease) = (MemoryStore::new(), RecordKey::new("alice", "k"), Duration::from_secs(60));
+/// let token = acquire(&store, &key, &fingerprint(1), lease).await;
+/// store.complete(&key, token, outcome("done"), lease).await.unwrap();
+/// assert_completed(&store, &key, &fingerprint(1), &outcome("done")).await;
+/// # }
+/// ```
 pub async fn assert_completed<S: IdempotencyStore>(
     store: &S,
     key: &RecordKey,
@@ -117,7 +205,25 @@ pub async fn assert_completed<S: IdempotencyStore>(
     }
 }
 
-/// complete, renew and release with `token` all fail with `LeaseLost`.
+/// complete, renew and release with `token` all fail with
+/// [`LeaseLost`](StoreError::LeaseLost).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::{acquire, assert_fenced, fingerprint};
+/// use tower_reissue::idempotency::store::{IdempotencyStore, RecordKey};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (store, key, lease) = (MemoryStore::new(), RecordKey::new("alice", "k"), Duration::from_secs(60));
+/// let old = acquire(&store, &key, &fingerprint(1), lease).await;
+/// store.release(&key, old).await.unwrap();
+/// acquire(&store, &key, &fingerprint(1), lease).await;
+/// // The released claim's token settles nothing of the new claim.
+/// assert_fenced(&store, &key, old, lease).await;
+/// # }
+/// ```
 pub async fn assert_fenced<S: IdempotencyStore>(
     store: &S,
     key: &RecordKey,
@@ -138,7 +244,26 @@ pub async fn assert_fenced<S: IdempotencyStore>(
     lost(store.release(key, token).await, "release");
 }
 
-/// Every rule of the contract.
+/// Every rule of the contract, on `store` with the durations of `timing`:
+/// claims and duplicates, keys scoped by principal, completion kept byte for
+/// byte, fencing of stale and foreign tokens, release, renewal (later and
+/// earlier), takeover of an expired lease, and the time to live of a
+/// completed record. No fencing token may be issued twice.
+///
+/// It uses keys under the principals `alice`, `bob`, `carol`, `renew`,
+/// `fence`, `expired` and `ttl`: give it a store with none of them (a fresh
+/// key prefix on a shared database). The timed rules run concurrently, so the
+/// suite waits about `timing.short + timing.margin` in all.
+///
+/// ```
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::{Timing, check_contract};
+///
+/// #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// async fn main() {
+///     check_contract(&MemoryStore::new(), Timing::PAUSED).await;
+/// }
+/// ```
 pub async fn check_contract<S: IdempotencyStore>(store: &S, timing: Timing) {
     let mut tokens = claims_and_completions(store, timing).await;
     let timed = tokio::join!(
@@ -331,7 +456,19 @@ async fn ttl_ends_a_completed_record<S: IdempotencyStore>(
     vec![token, token2, next]
 }
 
-/// Of many concurrent claims of a free key, exactly one is acquired.
+/// Of many concurrent claims of a free key, exactly one is acquired, and the
+/// others see it in flight. Run it on a multi-threaded runtime, so that the
+/// claims truly race. It uses the key `same` of the principal `p`.
+///
+/// ```
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::check_concurrent_claims;
+///
+/// #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// async fn main() {
+///     check_concurrent_claims(&MemoryStore::new()).await;
+/// }
+/// ```
 pub async fn check_concurrent_claims<S: IdempotencyStore>(store: &S) {
     let key = RecordKey::new("p", "same");
     let fp = fingerprint(8);

@@ -1,21 +1,24 @@
-//! The `DeadLetterQueue` contract as one generic suite, run against every
-//! queue. Each check gets a fresh, empty queue from the factory.
+//! The [`DeadLetterQueue`] contract as one generic suite, run against every
+//! queue: `MemoryQueue`, `SqliteQueue`, `RedisQueue`, and yours. Each check
+//! gets a fresh, empty queue from the factory given to [`check_contract`].
+//!
+//! [`Either`] runs the suite through two handles on one shared queue (two
+//! connections, as two processes would have), and [`request`] makes the
+//! entries the suite pushes, for tests of what is particular to a queue.
 //!
 //! Queues run on the system clock, so the one timed rule (a lease that ran
 //! out can be taken again) waits a lease of `SHORT` plus a margin for real;
 //! "still leased" checks use leases many times longer than the suite.
-#![allow(dead_code)]
-
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use tower_reissue::dead_letter::{
+use crate::dead_letter::{
     AttemptOutcome, DeadLetterId, DeadLetterQueue, DeadLetterState, FailedRequest, KeptBody,
     PageQuery, QueueError, StateKind,
 };
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 const LONG: Duration = Duration::from_secs(3600);
 const SHORT: Duration = Duration::from_millis(100);
@@ -23,6 +26,24 @@ const MARGIN: Duration = Duration::from_millis(100);
 
 /// A request with repeated headers, a body of every byte value and a time
 /// with milliseconds, so that "given back exactly" is tested on awkward data.
+/// It was given up on `tag` milliseconds after a fixed time, sent to
+/// `http://{host}/emails?tag={tag}` with the idempotency key `key-{tag}`, for
+/// `reason`.
+///
+/// ```
+/// use tower_reissue::MemoryQueue;
+/// use tower_reissue::conformance::queue::request;
+/// use tower_reissue::dead_letter::DeadLetterQueue;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let queue = MemoryQueue::new();
+/// let id = queue.push(request("api.example", "max_attempts", 7)).await.unwrap();
+/// let entry = queue.get(id).await.unwrap().unwrap();
+/// assert_eq!(entry.request, request("api.example", "max_attempts", 7));
+/// assert_eq!(entry.request.idempotency_key.as_deref(), Some("key-7"));
+/// # }
+/// ```
 pub fn request(host: &str, reason: &str, tag: u32) -> FailedRequest {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
@@ -57,7 +78,25 @@ async fn push_n<Q: DeadLetterQueue>(queue: &Q, n: u32) -> Vec<DeadLetterId> {
     ids
 }
 
-/// Runs every check, each on a fresh queue from `make`.
+/// Runs every check, each on a fresh, empty queue from `make`: entries given
+/// back exactly, concurrent pushes, leases lowest id first and exclusive
+/// (also under concurrency), fencing by lease token, failures and their
+/// history, takeover of an expired lease, discarding, on-demand leases,
+/// paging with filters, counts, and purging.
+///
+/// The queue runs on the system clock: the suite waits out two short leases
+/// for real, about half a second in all. Run it on a multi-threaded runtime,
+/// so that concurrent pushes and leases truly race.
+///
+/// ```
+/// use tower_reissue::MemoryQueue;
+/// use tower_reissue::conformance::queue::check_contract;
+///
+/// #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// async fn main() {
+///     check_contract(|| async { MemoryQueue::new() }).await;
+/// }
+/// ```
 pub async fn check_contract<Q, F, Fut>(make: F)
 where
     Q: DeadLetterQueue,
@@ -626,6 +665,22 @@ async fn purge_removes_only_old_finished_entries<Q: DeadLetterQueue>(queue: &Q) 
 
 /// Two handles on one shared queue, used in turn for each call: what one
 /// writes, the other must see, and leases taken through both never overlap.
+///
+/// ```
+/// use tower_reissue::MemoryQueue;
+/// use tower_reissue::conformance::queue::{Either, check_contract};
+///
+/// #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// async fn main() {
+///     // Clones of one `MemoryQueue` share it; a database queue would open
+///     // two connections to one database here.
+///     check_contract(|| async {
+///         let queue = MemoryQueue::new();
+///         Either::new(queue.clone(), queue)
+///     })
+///     .await;
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Either<Q> {
     handles: std::sync::Arc<(Q, Q)>,
@@ -633,6 +688,23 @@ pub struct Either<Q> {
 }
 
 impl<Q: DeadLetterQueue> Either<Q> {
+    /// Alternates between `a` and `b`, which must be handles on one queue,
+    /// starting with `a`.
+    ///
+    /// ```
+    /// use tower_reissue::MemoryQueue;
+    /// use tower_reissue::conformance::queue::{Either, request};
+    /// use tower_reissue::dead_letter::DeadLetterQueue;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let queue = MemoryQueue::new();
+    /// let either = Either::new(queue.clone(), queue.clone());
+    /// let id = either.push(request("api.example", "deadline", 1)).await.unwrap();
+    /// assert!(either.get(id).await.unwrap().is_some());
+    /// assert!(queue.get(id).await.unwrap().is_some());
+    /// # }
+    /// ```
     pub fn new(a: Q, b: Q) -> Self {
         Either {
             handles: std::sync::Arc::new((a, b)),
@@ -658,20 +730,20 @@ impl<Q: DeadLetterQueue> DeadLetterQueue for Either<Q> {
         &self,
         max: usize,
         lease: Duration,
-    ) -> Result<Vec<tower_reissue::dead_letter::Lease>, QueueError> {
+    ) -> Result<Vec<crate::dead_letter::Lease>, QueueError> {
         self.next().lease(max, lease).await
     }
     async fn lease_one(
         &self,
         id: DeadLetterId,
         lease: Duration,
-    ) -> Result<Option<tower_reissue::dead_letter::Lease>, QueueError> {
+    ) -> Result<Option<crate::dead_letter::Lease>, QueueError> {
         self.next().lease_one(id, lease).await
     }
     async fn complete(
         &self,
         id: DeadLetterId,
-        token: tower_reissue::dead_letter::LeaseToken,
+        token: crate::dead_letter::LeaseToken,
         status: StatusCode,
     ) -> Result<(), QueueError> {
         self.next().complete(id, token, status).await
@@ -679,7 +751,7 @@ impl<Q: DeadLetterQueue> DeadLetterQueue for Either<Q> {
     async fn fail(
         &self,
         id: DeadLetterId,
-        token: tower_reissue::dead_letter::LeaseToken,
+        token: crate::dead_letter::LeaseToken,
         outcome: AttemptOutcome,
         retry_in: Duration,
     ) -> Result<(), QueueError> {
@@ -691,16 +763,13 @@ impl<Q: DeadLetterQueue> DeadLetterQueue for Either<Q> {
     async fn get(
         &self,
         id: DeadLetterId,
-    ) -> Result<Option<tower_reissue::dead_letter::DeadLetter>, QueueError> {
+    ) -> Result<Option<crate::dead_letter::DeadLetter>, QueueError> {
         self.next().get(id).await
     }
-    async fn page(
-        &self,
-        query: &PageQuery,
-    ) -> Result<tower_reissue::dead_letter::Page, QueueError> {
+    async fn page(&self, query: &PageQuery) -> Result<crate::dead_letter::Page, QueueError> {
         self.next().page(query).await
     }
-    async fn counts(&self) -> Result<tower_reissue::dead_letter::Counts, QueueError> {
+    async fn counts(&self) -> Result<crate::dead_letter::Counts, QueueError> {
         self.next().counts().await
     }
     async fn purge(&self, before: SystemTime) -> Result<u64, QueueError> {
