@@ -66,3 +66,8 @@ impl StdError for StoreError {
         }
     }
 }
+
+impl crate::error::Corrupt for StoreError {
+    const KEEPS: &'static str = "stored record";
+    const CORRUPT: fn(String) -> Self = StoreError::Corrupt;
+}

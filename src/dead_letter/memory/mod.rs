@@ -92,7 +92,7 @@ fn leasable(state: &DeadLetterState, now: SystemTime) -> bool {
 }
 
 fn after(now: SystemTime, duration: Duration) -> SystemTime {
-    super::from_millis(super::millis_after(super::to_millis(now), duration))
+    super::from_millis(super::codec::millis_after(super::to_millis(now), duration))
 }
 
 /// The system clock at the resolution stores keep, so that what a memory

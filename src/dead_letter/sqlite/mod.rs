@@ -1,58 +1,23 @@
+mod rows;
+mod schema;
+mod worker;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{Method, StatusCode, Uri};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use http::StatusCode;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use self::rows::{COLUMNS, count_by, finish_lease, insert, select_letters, sql_id, take_lease};
+use self::schema::open_connection;
+use self::worker::{Job, serve};
+use super::codec::millis_after;
 use super::{
-    AttemptOutcome, Counts, DeadLetter, DeadLetterId, DeadLetterQueue, DeadLetterState,
-    FailedRequest, KeptBody, Lease, LeaseToken, Page, PageQuery, QueueError, StateKind,
-    decode_headers, decode_history, encode_headers, from_millis, millis_after, to_millis,
+    AttemptOutcome, Counts, DeadLetter, DeadLetterId, DeadLetterQueue, FailedRequest, Lease,
+    LeaseToken, Page, PageQuery, QueueError, StateKind, to_millis,
 };
-
-/// The schema this version writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE dead_letters (
-    -- AUTOINCREMENT: an id is never given twice, even after a purge.
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    uri TEXT NOT NULL,
-    host TEXT,
-    headers BLOB NOT NULL,
-    -- NULL when no copy was kept; body_not_kept then says why.
-    body BLOB,
-    body_not_kept TEXT,
-    idempotency_key TEXT,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_status INTEGER,
-    last_error TEXT,
-    state TEXT NOT NULL,
-    -- The lease end (leased) or retry_at (failed_again).
-    state_until_ms INTEGER,
-    replayed_status INTEGER,
-    lease_token INTEGER,
-    history TEXT NOT NULL DEFAULT '[]'
-);
-CREATE TABLE lease_tokens (last INTEGER NOT NULL);
-INSERT INTO lease_tokens (last) VALUES (0);
-CREATE INDEX dead_letters_leasable ON dead_letters (id)
-    WHERE state IN ('pending', 'leased', 'failed_again');
-CREATE INDEX dead_letters_by_state ON dead_letters (state, id);
-CREATE INDEX dead_letters_by_reason ON dead_letters (reason, id);
-CREATE INDEX dead_letters_by_host ON dead_letters (host, id);
-CREATE INDEX dead_letters_finished ON dead_letters (at_ms)
-    WHERE state IN ('replayed', 'discarded');
-";
-
-const COLUMNS: &str = "id, at_ms, method, uri, headers, body, body_not_kept, idempotency_key, \
-     reason, attempts, last_status, last_error, state, state_until_ms, replayed_status, history";
 
 /// A [`DeadLetterQueue`] in a SQLite file: durable on one machine, and
 /// readable with the `sqlite3` shell (table `dead_letters`; headers are
@@ -88,82 +53,6 @@ pub struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
 }
-
-/// Work for the queue's thread.
-enum Job {
-    /// Pushes are committed in groups: the pushes waiting together share one
-    /// transaction, so a burst of give-ups costs one write to disk, not one
-    /// each.
-    Push(Box<FailedRequest>, Reply<DeadLetterId>),
-    Run(Box<dyn FnOnce(&mut Connection) + Send>),
-}
-
-type Reply<T> = tokio::sync::oneshot::Sender<Result<T, QueueError>>;
-
-/// The most pushes committed in one transaction.
-const MAX_GROUP: usize = 256;
-
-/// Runs jobs in order until every clone of the queue is gone.
-fn serve(mut conn: Connection, inbox: mpsc::Receiver<Job>) {
-    let mut next = inbox.recv().ok();
-    while let Some(job) = next.take() {
-        match job {
-            Job::Run(job) => job(&mut conn),
-            Job::Push(request, reply) => {
-                let mut group = vec![(request, reply)];
-                while group.len() < MAX_GROUP {
-                    match inbox.try_recv() {
-                        Ok(Job::Push(request, reply)) => group.push((request, reply)),
-                        // Taken next, after the group: order is kept.
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                push_group(&mut conn, group);
-            }
-        }
-        if next.is_none() {
-            next = inbox.recv().ok();
-        }
-    }
-}
-
-/// Inserts each request of the group in one transaction. A failed insert
-/// fails only its own push (SQLite undoes just that statement); a failed
-/// commit fails them all.
-fn push_group(conn: &mut Connection, group: Vec<(Box<FailedRequest>, Reply<DeadLetterId>)>) {
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(error) => {
-            let error = error.to_string();
-            for (_, reply) in group {
-                let _ = reply.send(Err(QueueError::unavailable(error.clone())));
-            }
-            return;
-        }
-    };
-    let results: Vec<_> = group
-        .into_iter()
-        .map(|(request, reply)| (insert(&tx, &request), reply))
-        .collect();
-    match tx.commit() {
-        Ok(()) => {
-            for (result, reply) in results {
-                let _ = reply.send(result);
-            }
-        }
-        Err(error) => {
-            let error = error.to_string();
-            for (_, reply) in results {
-                let _ = reply.send(Err(QueueError::unavailable(error.clone())));
-            }
-        }
-    }
-}
-
 impl fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteQueue")
@@ -240,250 +129,9 @@ impl SqliteQueue {
             .map_err(|_| QueueError::unavailable("the SQLite thread stopped before answering"))?
     }
 }
-
-fn open_connection(path: &Path) -> Result<Connection, QueueError> {
-    let conn = Connection::open(path).map_err(unavailable)?;
-    // Other processes sharing the file hold the write lock only briefly.
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(unavailable)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(unavailable)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(QueueError::unavailable(format!(
-            "SQLite refused WAL mode (journal_mode is {mode})"
-        )));
-    }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(unavailable)?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(unavailable)?;
-    match version {
-        0 => {
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))
-            .or_else(|error| {
-                // Another process may have created the schema first.
-                let _ = conn.execute_batch("ROLLBACK");
-                let now: i64 = conn
-                    .query_row("PRAGMA user_version", [], |row| row.get(0))
-                    .map_err(unavailable)?;
-                if now == SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(unavailable(error))
-                }
-            })?;
-        }
-        SCHEMA_VERSION => {}
-        other => {
-            return Err(QueueError::Corrupt(format!(
-                "the SQLite file has dead-letter schema version {other}; this version knows {SCHEMA_VERSION}"
-            )));
-        }
-    }
-    Ok(conn)
-}
-
 fn now_ms() -> i64 {
     to_millis(SystemTime::now())
 }
-
-fn corrupt(what: impl fmt::Display) -> QueueError {
-    QueueError::Corrupt(format!("stored dead letter: {what}"))
-}
-
-/// Reads one row selected with [`COLUMNS`].
-fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<DeadLetter, QueueError>> {
-    let id: i64 = row.get(0)?;
-    let at: i64 = row.get(1)?;
-    let method: String = row.get(2)?;
-    let uri: String = row.get(3)?;
-    let headers: Vec<u8> = row.get(4)?;
-    let body: Option<Vec<u8>> = row.get(5)?;
-    let not_kept: Option<String> = row.get(6)?;
-    let key: Option<String> = row.get(7)?;
-    let reason: String = row.get(8)?;
-    let attempts: i64 = row.get(9)?;
-    let last_status: Option<i64> = row.get(10)?;
-    let last_error: Option<String> = row.get(11)?;
-    let state: String = row.get(12)?;
-    let until: Option<i64> = row.get(13)?;
-    let replayed: Option<i64> = row.get(14)?;
-    let history: String = row.get(15)?;
-    Ok((|| {
-        let status = |code: i64| {
-            u16::try_from(code)
-                .ok()
-                .and_then(|code| StatusCode::from_u16(code).ok())
-                .ok_or_else(|| corrupt(format!("invalid status {code}")))
-        };
-        let until = || {
-            until
-                .map(from_millis)
-                .ok_or_else(|| corrupt("no state time"))
-        };
-        let state = match state.parse::<StateKind>()? {
-            StateKind::Pending => DeadLetterState::Pending,
-            StateKind::Leased => DeadLetterState::Leased { until: until()? },
-            StateKind::FailedAgain => DeadLetterState::FailedAgain { retry_at: until()? },
-            StateKind::Discarded => DeadLetterState::Discarded,
-            StateKind::Replayed => DeadLetterState::Replayed {
-                status: status(replayed.ok_or_else(|| corrupt("no replay status"))?)?,
-            },
-        };
-        let last = match (last_status, last_error) {
-            (Some(code), _) => AttemptOutcome::Status(status(code)?),
-            (None, Some(text)) => AttemptOutcome::Error(text),
-            (None, None) => return Err(corrupt("no last outcome")),
-        };
-        let body = match (body, not_kept) {
-            (Some(bytes), _) => KeptBody::Kept(Bytes::from(bytes)),
-            (None, Some(why)) => KeptBody::NotKept(why),
-            (None, None) => return Err(corrupt("neither a body nor why it was not kept")),
-        };
-        Ok(DeadLetter {
-            id: DeadLetterId::new(u64::try_from(id).map_err(|_| corrupt("negative id"))?),
-            request: FailedRequest {
-                at: from_millis(at),
-                method: Method::from_bytes(method.as_bytes())
-                    .map_err(|_| corrupt("invalid method"))?,
-                uri: uri.parse::<Uri>().map_err(|_| corrupt("invalid URI"))?,
-                headers: decode_headers(&headers)?,
-                body,
-                idempotency_key: key,
-                reason,
-                attempts: u32::try_from(attempts).map_err(|_| corrupt("invalid attempts"))?,
-                last,
-            },
-            state,
-            history: decode_history(&history)?,
-        })
-    })())
-}
-
-/// Leases entry `id` until `until` with a fresh token, inside the caller's
-/// write transaction.
-fn take_lease(tx: &rusqlite::Transaction<'_>, id: i64, until: i64) -> Result<Lease, QueueError> {
-    let token: i64 = tx
-        .prepare_cached("UPDATE lease_tokens SET last = last + 1 RETURNING last")
-        .and_then(|mut s| s.query_row([], |row| row.get(0)))
-        .map_err(unavailable)?;
-    tx.prepare_cached(
-        "UPDATE dead_letters SET state = 'leased', state_until_ms = ?1, \
-         lease_token = ?2 WHERE id = ?3",
-    )
-    .and_then(|mut s| s.execute(params![until, token, id]))
-    .map_err(unavailable)?;
-    let letter = select_letters(
-        tx,
-        &format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"),
-        &[&id],
-    )?
-    .pop()
-    .ok_or_else(|| corrupt("a leased entry vanished"))?;
-    Ok(Lease {
-        letter,
-        token: LeaseToken::new(token as u64),
-    })
-}
-
-fn sql_id(id: DeadLetterId) -> i64 {
-    // Ids come from SQLite's rowids, which are below i64::MAX; a larger one
-    // matches no row.
-    i64::try_from(id.get()).unwrap_or(i64::MAX)
-}
-
-fn sql_token(token: LeaseToken) -> i64 {
-    i64::try_from(token.get()).unwrap_or(-1)
-}
-
-fn select_letters(
-    conn: &Connection,
-    sql: &str,
-    params: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<DeadLetter>, QueueError> {
-    let mut statement = conn.prepare_cached(sql).map_err(unavailable)?;
-    let rows = statement.query_map(params, read_row).map_err(unavailable)?;
-    let mut letters = Vec::new();
-    for row in rows {
-        letters.push(row.map_err(unavailable)??);
-    }
-    Ok(letters)
-}
-
-/// Appends a replay to the history and ends the lease held with `token`, in
-/// one statement; `set` gives the new state's columns.
-fn finish_lease(
-    conn: &Connection,
-    id: DeadLetterId,
-    token: LeaseToken,
-    set: &str,
-    record: (&str, &dyn rusqlite::ToSql),
-    state_params: &[&dyn rusqlite::ToSql],
-) -> Result<(), QueueError> {
-    let sql = format!(
-        "UPDATE dead_letters SET {set}, lease_token = NULL, \
-         history = json_insert(history, '$[#]', json_object('at_ms', ?1, '{}', ?2)) \
-         WHERE id = ?3 AND state = 'leased' AND lease_token = ?4",
-        record.0
-    );
-    let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(4 + state_params.len());
-    let now = now_ms();
-    let id = sql_id(id);
-    let token = sql_token(token);
-    all.extend([&now as &dyn rusqlite::ToSql, record.1, &id, &token]);
-    all.extend_from_slice(state_params);
-    let changed = conn
-        .prepare_cached(&sql)
-        .and_then(|mut statement| statement.execute(all.as_slice()))
-        .map_err(unavailable)?;
-    if changed == 0 {
-        return Err(QueueError::LeaseLost);
-    }
-    Ok(())
-}
-
-fn insert(conn: &Connection, request: &FailedRequest) -> Result<DeadLetterId, QueueError> {
-    let (body, not_kept) = match &request.body {
-        KeptBody::Kept(bytes) => (Some(bytes.as_ref()), None),
-        KeptBody::NotKept(why) => (None, Some(why.as_str())),
-    };
-    let (last_status, last_error) = match &request.last {
-        AttemptOutcome::Status(status) => (Some(status.as_u16()), None),
-        AttemptOutcome::Error(text) => (None, Some(text.as_str())),
-    };
-    let mut statement = conn
-        .prepare_cached(
-            "INSERT INTO dead_letters (at_ms, method, uri, host, headers, body, \
-             body_not_kept, idempotency_key, reason, attempts, last_status, last_error, \
-             state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
-        )
-        .map_err(unavailable)?;
-    statement
-        .execute(params![
-            to_millis(request.at),
-            request.method.as_str(),
-            request.uri.to_string(),
-            request.host(),
-            encode_headers(&request.headers).as_ref(),
-            body,
-            not_kept,
-            request.idempotency_key,
-            request.reason,
-            request.attempts,
-            last_status,
-            last_error,
-        ])
-        .map_err(unavailable)?;
-    let id = conn.last_insert_rowid();
-    Ok(DeadLetterId::new(
-        u64::try_from(id).map_err(|_| corrupt("negative id"))?,
-    ))
-}
-
 impl SqliteQueue {
     /// Pushes many requests in one transaction (one write to disk instead of
     /// one per request), for imports: all are stored, or none is.
@@ -532,22 +180,6 @@ impl SqliteQueue {
         .await
     }
 }
-
-/// The number of entries per value of `column` (an indexed one).
-fn count_by(conn: &Connection, column: &str) -> Result<Vec<(String, u64)>, QueueError> {
-    let mut statement = conn
-        .prepare_cached(&format!(
-            "SELECT {column}, COUNT(*) FROM dead_letters GROUP BY {column}"
-        ))
-        .map_err(unavailable)?;
-    let rows = statement
-        .query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
-        })
-        .map_err(unavailable)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(unavailable)
-}
-
 impl DeadLetterQueue for SqliteQueue {
     async fn push(&self, request: FailedRequest) -> Result<DeadLetterId, QueueError> {
         let (reply, answered) = tokio::sync::oneshot::channel();

@@ -1,82 +1,27 @@
+mod claim;
+
 use std::fmt;
-use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-
 use ::redis::{RedisError, Script, Value};
 
+pub(crate) use self::claim::parse_claim;
 use super::{
     Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };
-use crate::redis_conn::{connect_manager, within};
+use crate::error::BoxError;
+use crate::redis_conn::{RedisClient, ReplyError, connect_manager, millis};
 
-/// Claims a record: reports the live record if there is one, otherwise
-/// creates it in flight with a fresh fencing token and a lease set by `PX`.
-///
-/// KEYS: record, token counter. ARGV: fingerprint, lease in ms.
-/// Returns `{0, token}`, `{1, fingerprint}` (in flight) or
-/// `{2, fingerprint, outcome}` (completed).
-const CLAIM: &str = r"
-local record = redis.call('HMGET', KEYS[1], 'fp', 'outcome')
-if record[1] then
-  if record[2] then return {2, record[1], record[2]} end
-  return {1, record[1]}
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.error_reply('ERR idempotency record ' .. KEYS[1] .. ' has no fingerprint')
-end
-local token = redis.call('INCR', KEYS[2])
-if token == 1 then
-  -- The counter was lost (evicted, flushed): restart it above every token it
-  -- could have handed out, so a token is never issued twice for a key.
-  local now = redis.call('TIME')
-  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
-  token = redis.call('INCR', KEYS[2])
-end
--- '%d' keeps every digit; Lua's tostring would round to 14.
-redis.call('HSET', KEYS[1], 'token', string.format('%d', token), 'fp', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {0, token}
-";
-
-/// Completes the claim held with a token: stores the outcome and replaces the
-/// lease with the record's time to live. Completed records have no token, so
-/// no token matches them any more.
-///
-/// KEYS: record. ARGV: token, outcome, ttl in ms. Returns 1, or 0 if the token
-/// does not hold the record.
-const COMPLETE: &str = r"
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'outcome', ARGV[2])
-redis.call('HDEL', KEYS[1], 'token')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-";
-
-/// Moves the lease end of the claim held with a token to now + lease.
-///
-/// KEYS: record. ARGV: token, lease in ms. Returns 1 or 0 as `COMPLETE`.
-const RENEW: &str = r"
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-";
-
-/// Deletes the record of the claim held with a token.
-///
-/// KEYS: record. ARGV: token. Returns 1 or 0 as `COMPLETE`.
-const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-";
-
-static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
-static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE));
-static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
-static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+// One Lua script per operation; what each takes and returns is at the top
+// of its file.
+static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
+static COMPLETE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("complete.lua")));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
+static RELEASE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("release.lua")));
 
 /// An [`IdempotencyStore`] in Redis, shared by every server instance that
 /// uses the same Redis and prefix.
@@ -171,15 +116,11 @@ static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE))
 /// ```
 #[derive(Clone)]
 pub struct RedisStore<C = ConnectionManager> {
-    connection: C,
-    prefix: Arc<str>,
-    timeout: Duration,
+    client: RedisClient<C, StoreError>,
     replicas: Option<(u32, Duration)>,
 }
 
 impl RedisStore {
-    const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
     /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
     /// `rediss://` with TLS, or `redis+unix:///path`) through a
     /// [`ConnectionManager`] configured with [`manager_config`](Self::manager_config),
@@ -219,9 +160,7 @@ impl<C> RedisStore<C> {
     /// does not reconnect.
     pub fn from_connection(connection: C) -> Self {
         Self {
-            connection,
-            prefix: Arc::from("idempotency"),
-            timeout: RedisStore::DEFAULT_TIMEOUT,
+            client: RedisClient::new(connection, "idempotency"),
             replicas: None,
         }
     }
@@ -235,9 +174,11 @@ impl<C> RedisStore<C> {
     /// store.prefix("billing:idempotency")
     /// # }
     /// ```
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Arc::from(prefix.into());
-        self
+    pub fn prefix(self, prefix: impl Into<String>) -> Self {
+        Self {
+            client: self.client.prefix(prefix),
+            ..self
+        }
     }
 
     /// The longest an operation may take, reconnecting included, before it
@@ -251,9 +192,11 @@ impl<C> RedisStore<C> {
     /// store.timeout(Duration::from_millis(500))
     /// # }
     /// ```
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self {
+            client: self.client.timeout(timeout),
+            ..self
+        }
     }
 
     /// Waits, after storing a result, until `replicas` replicas have it or
@@ -281,14 +224,13 @@ impl<C> RedisStore<C> {
 
     /// The connection the store sends its commands over.
     pub fn connection(&self) -> &C {
-        &self.connection
+        self.client.connection()
     }
 
     fn record_key(&self, key: &RecordKey) -> String {
-        let principal = key.principal();
-        let mut out =
-            String::with_capacity(self.prefix.len() + principal.len() + key.key().len() + 2);
-        out.push_str(&self.prefix);
+        let (prefix, principal) = (self.client.key_prefix(), key.principal());
+        let mut out = String::with_capacity(prefix.len() + principal.len() + key.key().len() + 2);
+        out.push_str(prefix);
         out.push(':');
         for c in principal.chars() {
             match c {
@@ -303,34 +245,27 @@ impl<C> RedisStore<C> {
     }
 
     fn counter_key(&self) -> String {
-        format!("{}:fencing-token", self.prefix)
+        format!("{}:fencing-token", self.client.key_prefix())
     }
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
-            .field("timeout", &self.timeout)
+        self.client
+            .debug(f, "RedisStore")
             .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
+}
+
+impl ReplyError for StoreError {
+    const UNAVAILABLE: fn(BoxError) -> Self = StoreError::Unavailable;
 }
 
 impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// Runs one script invocation within the store's timeout.
-    async fn run<F>(&self, invoke: impl FnOnce(C) -> F) -> Result<Value, StoreError>
-    where
-        F: Future<Output = Result<Value, RedisError>>,
-    {
-        within(self.timeout, invoke(self.connection.clone()))
-            .await
-            .map_err(StoreError::unavailable)
-    }
-
     /// Runs one of the token-checking scripts and maps its 0/1 answer.
     async fn fenced(
         &self,
@@ -341,6 +276,7 @@ where
     ) -> Result<(), StoreError> {
         let record = self.record_key(key);
         let value = self
+            .client
             .run(|mut connection| async move {
                 let mut invocation = script.key(record);
                 invocation.arg(token.get());
@@ -353,8 +289,42 @@ where
         match value {
             Value::Int(1) => Ok(()),
             Value::Int(0) => Err(StoreError::LeaseLost),
-            other => Err(unexpected(&other)),
+            other => Err(StoreError::unexpected(&other)),
         }
+    }
+
+    /// `WAIT`s for the writes sent so far on this store's connection (the
+    /// completion among them) to reach `replicas` replicas.
+    async fn wait_for(
+        &self,
+        key: &RecordKey,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.client.connection().clone();
+        let mut command = ::redis::cmd("WAIT");
+        command.arg(replicas).arg(positive_millis(timeout));
+        let wait = command.query_async::<i64>(&mut connection);
+        let acknowledged =
+            match tokio::time::timeout(self.client.call_timeout() + timeout, wait).await {
+                Ok(Ok(acknowledged)) => acknowledged,
+                Ok(Err(err)) => return Err(StoreError::unavailable(err)),
+                Err(_) => {
+                    return Err(StoreError::unavailable(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "redis did not answer WAIT in time",
+                    )));
+                }
+            };
+        if acknowledged < i64::from(replicas) {
+            tracing::warn!(
+                key = key.key(),
+                acknowledged,
+                replicas,
+                "idempotent result stored on the Redis primary but not on enough replicas in time: a failover now could lose it"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -370,12 +340,13 @@ where
     ) -> Result<Claim, StoreError> {
         let (record, counter) = (self.record_key(key), self.counter_key());
         let value = self
+            .client
             .run(|mut connection| async move {
                 CLAIM_SCRIPT
                     .key(record)
                     .key(counter)
                     .arg(&fingerprint.as_bytes()[..])
-                    .arg(millis(lease))
+                    .arg(positive_millis(lease))
                     .invoke_async(&mut connection)
                     .await
             })
@@ -391,7 +362,7 @@ where
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let outcome = outcome.to_bytes();
-        let ttl = millis(ttl).to_string();
+        let ttl = positive_millis(ttl).to_string();
         self.fenced(&COMPLETE_SCRIPT, key, token, &[&outcome, ttl.as_bytes()])
             .await?;
         if let Some((replicas, timeout)) = self.replicas {
@@ -406,7 +377,7 @@ where
         token: FencingToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let lease = millis(lease).to_string();
+        let lease = positive_millis(lease).to_string();
         self.fenced(&RENEW_SCRIPT, key, token, &[lease.as_bytes()])
             .await
     }
@@ -416,88 +387,10 @@ where
     }
 }
 
-impl<C> RedisStore<C>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
-    /// `WAIT`s for the writes sent so far on this store's connection (the
-    /// completion among them) to reach `replicas` replicas.
-    async fn wait_for(
-        &self,
-        key: &RecordKey,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let mut command = ::redis::cmd("WAIT");
-        command.arg(replicas).arg(millis(timeout));
-        let wait = command.query_async::<i64>(&mut connection);
-        let acknowledged = match tokio::time::timeout(self.timeout + timeout, wait).await {
-            Ok(Ok(acknowledged)) => acknowledged,
-            Ok(Err(err)) => return Err(StoreError::unavailable(err)),
-            Err(_) => {
-                return Err(StoreError::unavailable(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "redis did not answer WAIT in time",
-                )));
-            }
-        };
-        if acknowledged < i64::from(replicas) {
-            tracing::warn!(
-                key = key.key(),
-                acknowledged,
-                replicas,
-                "idempotent result stored on the Redis primary but not on enough replicas in time: a failover now could lose it"
-            );
-        }
-        Ok(())
-    }
-}
-
-/// A duration in whole milliseconds for `PEXPIRE`: rounded up so a lease is
-/// never shorter than asked, at least 1 (Redis rejects 0), and capped far
-/// below the point where Redis would reject the expiry as out of range.
-fn millis(duration: Duration) -> u64 {
-    const MAX: u64 = 1 << 50; // about 35 000 years
-    let millis = duration.as_nanos().div_ceil(1_000_000);
-    u64::try_from(millis).unwrap_or(MAX).clamp(1, MAX)
-}
-
-pub(crate) fn parse_claim(value: Value) -> Result<Claim, StoreError> {
-    let Value::Array(items) = value else {
-        return Err(unexpected(&value));
-    };
-    match items.as_slice() {
-        [Value::Int(0), Value::Int(token)] => u64::try_from(*token)
-            .map(|token| Claim::Acquired(FencingToken::new(token)))
-            .map_err(|_| corrupt("negative fencing token")),
-        [Value::Int(1), Value::BulkString(fingerprint)] => Ok(Claim::InFlight {
-            fingerprint: parse_fingerprint(fingerprint)?,
-        }),
-        [
-            Value::Int(2),
-            Value::BulkString(fingerprint),
-            Value::BulkString(outcome),
-        ] => Ok(Claim::Completed {
-            fingerprint: parse_fingerprint(fingerprint)?,
-            outcome: StoredOutcome::from_bytes(outcome)?,
-        }),
-        _ => Err(corrupt("unexpected claim reply")),
-    }
-}
-
-fn parse_fingerprint(bytes: &[u8]) -> Result<Fingerprint, StoreError> {
-    <[u8; 32]>::try_from(bytes)
-        .map(Fingerprint::from_bytes)
-        .map_err(|_| corrupt("fingerprint is not 32 bytes"))
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("redis record: {what}"))
-}
-
-fn unexpected(value: &Value) -> StoreError {
-    StoreError::Corrupt(format!("redis script returned {value:?}"))
+/// [`millis`], at least 1: `PEXPIRE` rejects 0, and `WAIT` reads it as
+/// "wait forever".
+fn positive_millis(duration: Duration) -> u64 {
+    millis(duration).max(1)
 }
 
 #[cfg(test)]
@@ -506,11 +399,9 @@ mod tests {
 
     #[test]
     fn durations_become_valid_pexpire_arguments() {
-        assert_eq!(millis(Duration::ZERO), 1);
-        assert_eq!(millis(Duration::from_micros(1)), 1);
-        assert_eq!(millis(Duration::from_micros(1_001)), 2);
-        assert_eq!(millis(Duration::from_secs(60)), 60_000);
-        assert_eq!(millis(Duration::MAX), 1 << 50);
+        // Rounding and the cap are `millis`'s, tested with it.
+        assert_eq!(positive_millis(Duration::ZERO), 1);
+        assert_eq!(positive_millis(Duration::from_micros(1_001)), 2);
     }
 
     #[test]
@@ -525,31 +416,5 @@ mod tests {
             "p:a%253Ab:c"
         );
         assert_eq!(store.counter_key(), "p:fencing-token");
-    }
-
-    #[test]
-    fn malformed_replies_are_errors() {
-        let bad = [
-            Value::Nil,
-            Value::Array(vec![]),
-            Value::Array(vec![Value::Int(0), Value::Int(-1)]),
-            Value::Array(vec![Value::Int(1), Value::BulkString(vec![0; 31])]),
-            Value::Array(vec![
-                Value::Int(2),
-                Value::BulkString(vec![0; 32]),
-                Value::BulkString(vec![9]),
-            ]),
-            Value::Array(vec![Value::Int(7)]),
-        ];
-        for value in bad {
-            assert!(
-                matches!(parse_claim(value.clone()), Err(StoreError::Corrupt(_))),
-                "{value:?}"
-            );
-        }
-        assert!(matches!(
-            parse_claim(Value::Array(vec![Value::Int(0), Value::Int(5)])),
-            Ok(Claim::Acquired(token)) if token.get() == 5
-        ));
     }
 }

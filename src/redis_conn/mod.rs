@@ -1,31 +1,18 @@
-//! What every Redis-backed part of the crate shares: how it connects, and
-//! how one call is bounded in time.
+//! What every Redis-backed part of the crate shares: how it connects, the
+//! client it holds (connection, key prefix, the time one call may take),
+//! and how it reads and reports Redis's answers.
 
-use std::future::Future;
+mod client;
+mod reply;
+
+pub(crate) use client::RedisClient;
+pub(crate) use reply::{ReplyError, millis};
+
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
-use redis::{Client, IntoConnectionInfo, RedisError, Value};
-
-use crate::error::BoxError;
-
-/// The answer of one Redis call, or why there is none: its error, or that
-/// it took longer than `timeout` (its effect is then unknown).
-pub(crate) async fn within(
-    timeout: Duration,
-    call: impl Future<Output = Result<Value, RedisError>>,
-) -> Result<Value, BoxError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(err.into()),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("redis did not answer within {timeout:?}"),
-        )
-        .into()),
-    }
-}
+use redis::{Client, IntoConnectionInfo, RedisError};
 
 /// A [`ConnectionManager`] to `url` with [`manager_config`] and
 /// `TCP_NODELAY`, as every Redis-backed part of the crate connects.
