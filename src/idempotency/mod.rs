@@ -88,8 +88,11 @@
 //! [`fail_open`](IdempotencyLayer::fail_open)).
 
 mod body;
+mod buffer;
 mod future;
+mod keyed;
 mod layer;
+mod policy;
 mod principal;
 mod problem;
 mod service;
@@ -98,29 +101,7 @@ pub mod store;
 pub use body::{BoxError, ResponseBody};
 pub use future::ResponseFuture;
 pub use layer::IdempotencyLayer;
+pub use policy::StoreDecision;
 pub use principal::{AuthorizationPrincipal, Principal, PrincipalExtractor};
 pub use service::Idempotency;
 pub use store::{IdempotencyStore, MemoryStore};
-
-/// A response extension overriding whether the layer stores a response.
-///
-/// Without it, 2xx, 3xx and 4xx responses (except 408, 409, 425 and 429)
-/// are stored and replayed, and others release the claim.
-///
-/// ```
-/// use axum::{Extension, http::StatusCode, response::IntoResponse};
-/// use tower_reissue::idempotency::StoreDecision;
-///
-/// // The charge went through even though a later step failed: a retry must
-/// // not charge again, so this 500 is stored and replayed.
-/// async fn charge() -> impl IntoResponse {
-///     (StatusCode::INTERNAL_SERVER_ERROR, Extension(StoreDecision::Store), "charged, receipt failed")
-/// }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreDecision {
-    /// Store the response and replay it, whatever its status.
-    Store,
-    /// Do not store it: release the claim so a retry runs the handler again.
-    Release,
-}
