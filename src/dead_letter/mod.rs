@@ -28,6 +28,7 @@
 //! `RedisQueue` (feature `redis`) is shared by every instance using one Redis.
 
 #[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod codec;
 mod error;

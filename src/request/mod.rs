@@ -9,6 +9,7 @@
 mod reqwest;
 
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use self::reqwest::ReqwestTemplate;
 
 use http::{Extensions, HeaderMap, Method, StatusCode};
@@ -16,10 +17,13 @@ use tower_service::Service;
 
 mod body;
 mod not_replayable;
+mod repeat;
 mod view;
 
 pub use body::ReplayBody;
 pub use not_replayable::NotReplayable;
+pub(crate) use repeat::Repeat;
+pub use repeat::{Attempts, Retryable};
 pub use view::RequestView;
 
 use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeySlot};
@@ -232,6 +236,32 @@ where
                 parts: kept,
                 body: handle,
                 slot,
+            },
+        )
+    }
+}
+
+impl<B: http_body::Body> HttpTemplate<B> {
+    /// A template for copies of `attempt`, a request whose body is already a
+    /// [`ReplayBody`] (an attempt of a retry layer above): the attempt is
+    /// handed back unchanged, to be sent first. Its extensions are copied as
+    /// they are, a key slot among them, so that copies share the slot the
+    /// first one may fill.
+    #[inline]
+    pub(crate) fn of_attempt(
+        attempt: http::Request<ReplayBody<B>>,
+    ) -> (http::Request<ReplayBody<B>>, Self) {
+        let (parts, body) = attempt.into_parts();
+        // As in `into_attempt`: the copy goes to the template, whose header
+        // map no layer below writes to.
+        let kept = parts.clone();
+        let handle = body.handle();
+        (
+            http::Request::from_parts(parts, body),
+            HttpTemplate {
+                parts: kept,
+                body: handle,
+                slot: None,
             },
         )
     }
