@@ -37,10 +37,10 @@ impl Classifier for AwsErrorType {
             // The value may carry a suffix such as `:http://internal.amazon.com/...`.
             .map(|v| v.split(':').next().unwrap_or(v));
         match error_type {
-            // Rejected before any work was done: safe to repeat for any method.
-            Some("ThrottlingException" | "TooManyRequestsException") => {
-                Verdict::transient(Processed::No)
-            }
+            // Rejected before any work was done, to pace clients: throttling
+            // is safe to repeat for any method, waits on the longer
+            // throttling backoff (from 1 s) and costs the budget less.
+            Some("ThrottlingException" | "TooManyRequestsException") => Verdict::throttled(None),
             Some("ServiceException" | "InternalFailure") => Verdict::transient(Processed::Maybe),
             Some("ValidationException" | "AccessDeniedException") => Verdict::Permanent,
             _ => self.fallback.classify(request, outcome),

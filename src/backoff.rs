@@ -45,6 +45,24 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The default backoff after throttling (see
+    /// [`RetryLayer::throttle_backoff`](crate::RetryLayer::throttle_backoff)):
+    /// exponential with full jitter, base 1 s, cap 10 s. The base is the AWS
+    /// SDKs' after throttling (against 50 ms after a transient error; ours is
+    /// 100 ms); the cap is the one of [`Backoff::default`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_reissue::Backoff;
+    /// let b = Backoff::throttling();
+    /// assert_eq!(b.max_delay(1), Duration::from_secs(1));
+    /// assert_eq!(b.max_delay(3), Duration::from_secs(4));
+    /// assert_eq!(b.max_delay(10), Duration::from_secs(10));
+    /// ```
+    pub fn throttling() -> Self {
+        Backoff::exponential(Duration::from_secs(1), Duration::from_secs(10))
+    }
+
     /// Retry at once.
     ///
     /// ```

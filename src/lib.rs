@@ -125,6 +125,7 @@ pub mod classify;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod dead_letter;
+pub mod hedge;
 pub mod idempotency;
 pub mod idempotency_key;
 pub mod once;
@@ -172,6 +173,7 @@ pub use dead_letter::RedisQueue;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use dead_letter::SqliteQueue;
 pub use dead_letter::{DeadLetter, DeadLetterQueue, MemoryQueue, Replayer};
+pub use hedge::HedgeLayer;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotency::store::RedisStore;

@@ -26,6 +26,9 @@ pub(crate) struct Terms {
     pub(crate) slot_nanos: u64,
     pub(crate) deposit: i64,
     pub(crate) withdraw: i64,
+    /// What a throttled retry withdraws (the budget's); no more than
+    /// `withdraw` at the budget's defaults.
+    pub(crate) throttled: i64,
     pub(crate) reserve: i64,
 }
 
@@ -44,6 +47,7 @@ impl Bank {
             slot_nanos: slot_nanos(window),
             deposit: 1,
             withdraw: 1,
+            throttled: 1,
             reserve: 0,
         })
     }
@@ -97,7 +101,15 @@ impl Bank {
     }
 
     pub(crate) fn withdraw(&self) -> bool {
-        let cost = self.terms.withdraw;
+        self.take(self.terms.withdraw)
+    }
+
+    pub(crate) fn withdraw_throttled(&self) -> bool {
+        self.take(self.terms.throttled)
+    }
+
+    /// Takes `cost` if the balance covers it.
+    fn take(&self, cost: i64) -> bool {
         'period: loop {
             let epoch = self.epoch();
             let index = epoch as usize % SLOTS;
@@ -113,10 +125,11 @@ impl Bank {
             let mut current = slot.load(Ordering::Acquire);
             loop {
                 let value = live_value(current, epoch);
-                if others.saturating_add(value) < cost || value - cost < VALUE_MIN {
-                    return false;
-                }
-                let next = pack(epoch, value - cost);
+                let left = match value.checked_sub(cost) {
+                    Some(left) if left >= VALUE_MIN && others.saturating_add(value) >= cost => left,
+                    _ => return false,
+                };
+                let next = pack(epoch, left);
                 match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
                 {
                     Ok(_) if self.epoch() == epoch => return true,
@@ -151,10 +164,19 @@ impl Bank {
     }
 
     pub(crate) fn available(&self) -> u64 {
+        self.affords(self.terms.withdraw)
+    }
+
+    pub(crate) fn available_throttled(&self) -> u64 {
+        self.affords(self.terms.throttled)
+    }
+
+    /// How many withdrawals of `cost` the balance covers.
+    fn affords(&self, cost: i64) -> u64 {
         let balance = self
             .sum(self.epoch(), None)
             .saturating_add(self.terms.reserve);
-        u64::try_from(balance.max(0) / self.terms.withdraw).unwrap_or(0)
+        u64::try_from(balance.max(0) / cost.max(1)).unwrap_or(0)
     }
 
     /// The live slots' total, leaving out `skip`.

@@ -131,7 +131,7 @@ async fn client_errors_never_open_it_server_errors_do() {
         .build();
     let service = layer.layer(common::client());
 
-    // 429 is Transient for the retry layer, 404 and 409 Permanent: none is
+    // 429 is Throttled for the retry layer, 404 and 409 Permanent: none is
     // the host's failure.
     for code in [429, 404, 409] {
         status.store(code, Ordering::SeqCst);
@@ -152,6 +152,47 @@ async fn client_errors_never_open_it_server_errors_do() {
     }
     assert_eq!(failures, 30);
     assert_eq!(layer.state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_never_opens_it_a_bare_503_does() {
+    let _clock = ManualClock::hold().await;
+    // 503s that say when to come back, until the switch; bare 503s after.
+    let paced = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let read = paced.clone();
+    let server = TestServer::start(move |_, _| {
+        let paced = read.load(Ordering::SeqCst);
+        async move {
+            if paced {
+                Reply::with_header(503, "retry-after", "1")
+            } else {
+                Reply::status(503)
+            }
+        }
+    })
+    .await;
+    let url = server.url("/");
+    let layer = CircuitBreakerLayer::builder()
+        .min_throughput(10)
+        .failure_ratio(0.5)
+        .build();
+    let service = layer.layer(common::client());
+
+    // The host is up and pacing its clients: not its failure.
+    for _ in 0..40 {
+        assert_eq!(call(&service, &url).await.unwrap().as_u16(), 503);
+    }
+    assert_eq!(layer.state(), BreakerState::Closed);
+
+    // A bare 503 is: 40 of them against the 80 answered calls reach 50%.
+    paced.store(false, Ordering::SeqCst);
+    let mut failures = 0;
+    while layer.state() == BreakerState::Closed {
+        call(&service, &url).await.unwrap();
+        failures += 1;
+        assert!(failures <= 40, "still closed after {failures} bare 503s");
+    }
+    assert_eq!(failures, 40);
 }
 
 /// Opens `layer`'s breaker for `url` with `min_throughput` failed calls.

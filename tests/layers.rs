@@ -35,8 +35,9 @@ const LAYERS: &[&[&str]] = &[
     &["circuit", "store"],
     // 5: server-side idempotency and `Once` on the core, and the client's keys.
     &["idempotency", "once", "idempotency_key"],
-    // 6: the retry layer (reconciliation and the give-up sink live inside it).
-    &["retry"],
+    // 6: the retry layer (reconciliation and the give-up sink live inside
+    // it), and hedging, which sits below it in a stack but needs nothing of it.
+    &["retry", "hedge"],
     // 7: dead letters, attached to the retry layer through its give-up sink.
     &["dead_letter"],
     // 8: the conformance suites (feature `conformance`), run against the

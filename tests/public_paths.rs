@@ -22,6 +22,8 @@ mod root {
     pub use tower_reissue::{DeadLetter, DeadLetterQueue, MemoryQueue, Replayer};
     #[cfg(feature = "redis")]
     pub use tower_reissue::{RedisQueue, RedisStore};
+    // Added since c9debc4: hedging.
+    pub use tower_reissue::{HedgeLayer, hedge};
 
     pub use tower_reissue::{
         backoff, budget, circuit, classify, dead_letter, idempotency, idempotency_key, once,
@@ -64,6 +66,10 @@ mod dead_letter {
         PageQuery, QueueError, ReplayOf, ReplayRecord, Replayer, StateKind, decode_headers,
         decode_history, encode_headers, encode_history, from_millis, to_millis,
     };
+}
+
+mod hedge {
+    pub use tower_reissue::hedge::{Hedge, HedgeLayer, MAX_HEDGES, ResponseFuture};
 }
 
 mod idempotency {
@@ -111,6 +117,8 @@ mod request {
     pub use tower_reissue::request::{
         HttpTemplate, KeyableRequest, RequestTemplate, RetryRequest, RetryResponse,
     };
+    // Moved here from `retry` (still re-exported there), for `hedge`.
+    pub use tower_reissue::request::{Attempts, Retryable};
 }
 
 mod retry {
@@ -126,12 +134,16 @@ mod telemetry {
         LABEL_ANSWER, LABEL_EVENT, LABEL_FROM, LABEL_OUTCOME, LABEL_REASON, LABEL_STATE, LABEL_TO,
         RECONCILE_ANSWERS, RETRIES, RETRY_DELAY, SERVER_REQUESTS,
     };
+    // Added since c9debc4.
+    pub use tower_reissue::telemetry::metrics::HEDGES;
 }
 
 #[test]
 fn every_public_path_still_resolves() {
     // The root's names and the modules' are the same items.
     let _: root::Attempts = retry::Attempts(1);
+    let _: request::Attempts = root::Attempts(1);
+    let _: root::HedgeLayer = hedge::HedgeLayer::new(std::time::Duration::ZERO);
     let _: fn(&str) -> Result<idempotency_key::IdempotencyKey, _> = root::IdempotencyKey::new;
     assert_eq!(idempotency_key::IDEMPOTENCY_KEY, "idempotency-key");
     assert_eq!(telemetry::RETRIES, "tower_reissue_retries_total");

@@ -136,14 +136,16 @@ impl<C> Drop for Call<C> {
 }
 
 /// What counts against the service: the classifier's `Transient` verdicts
-/// and `Permanent` 5xx. A 4xx is the caller's doing, whatever its verdict.
+/// and `Permanent` 5xx. A 4xx is the caller's doing, whatever its verdict,
+/// and a `Throttled` answer (a 503 with `Retry-After` included) comes from a
+/// host that is up and pacing its clients: pacing is the retry layer's job.
 fn is_failure(verdict: Verdict, outcome: &Outcome<'_>) -> bool {
     let status = outcome.status();
     if status.is_some_and(|s| s.is_client_error()) {
         return false;
     }
     match verdict {
-        Verdict::Success => false,
+        Verdict::Success | Verdict::Throttled { .. } => false,
         Verdict::Transient { .. } => true,
         Verdict::Permanent => status.is_some_and(|s| s.is_server_error()),
     }

@@ -6,7 +6,14 @@
 //! [`Classifier`](crate::Classifier) says (the same verdicts the
 //! [`RetryLayer`](crate::RetryLayer) acts on): a `Transient` verdict, or a
 //! `Permanent` one on a 5xx. A 4xx never counts, whatever its verdict: it is
-//! the caller's doing, and a host answering 429 is up.
+//! the caller's doing, and a host answering 429 is up. Nor does a
+//! `Throttled` verdict (a 503 that says when to come back, by default): the
+//! host answered and asked to be paced, and pacing is the retry layer's job
+//! (its throttling backoff, `Retry-After` and budget). Envoy's outlier
+//! detection likewise leaves 429 out; opening the breaker on a host that says
+//! when to come back would only stop the traffic it is pacing. To have such
+//! 503s trip the breaker, give 503 a rule of its own in the breaker's
+//! classifier (`DefaultClassifier::new().retry_status(StatusCode::SERVICE_UNAVAILABLE)`).
 //!
 //! - **Closed**: calls go through. Once the window holds at least
 //!   `min_throughput` calls and the failed share reaches `failure_ratio`,

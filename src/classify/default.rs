@@ -48,7 +48,9 @@ type ErrorRule = Arc<dyn Fn(&(dyn StdError + 'static)) -> Option<Verdict> + Send
 ///     // And its 503s mean "maintenance, come back tomorrow".
 ///     .never_retry_status(StatusCode::SERVICE_UNAVAILABLE)
 ///     // 520 from a CDN in front of it never reached the origin.
-///     .status_verdict(StatusCode::from_u16(520).unwrap(), Verdict::transient(Processed::No));
+///     .status_verdict(StatusCode::from_u16(520).unwrap(), Verdict::transient(Processed::No))
+///     // And its 420 is its rate limiter's 429.
+///     .throttle_status(StatusCode::from_u16(420).unwrap());
 /// # let _ = classifier;
 /// ```
 #[derive(Clone, Default)]
@@ -82,6 +84,28 @@ impl DefaultClassifier {
     /// ```
     pub fn retry_status(self, status: StatusCode) -> Self {
         self.status_verdict(status, Verdict::transient(Processed::Maybe))
+    }
+
+    /// Treats `status` as throttling ([`Verdict::Throttled`]), like 429: the
+    /// server turned the request away before doing any work, so it is
+    /// retried whatever its method, on the throttling backoff and at the
+    /// budget's throttled cost, with the response's delay if it states one.
+    /// For a vendor's own rate-limit code.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method, StatusCode, Uri};
+    /// use tower_reissue::classify::{Outcome, RequestView};
+    /// use tower_reissue::{Classifier, DefaultClassifier, Verdict};
+    ///
+    /// let c = DefaultClassifier::new().throttle_status(StatusCode::from_u16(420).unwrap());
+    /// let (method, uri, headers) = (Method::POST, Uri::from_static("/"), HeaderMap::new());
+    /// let request = RequestView::new(&method, &uri, &headers);
+    /// let status = StatusCode::from_u16(420).unwrap();
+    /// let outcome = Outcome::Response { status, headers: &headers };
+    /// assert_eq!(c.classify(&request, &outcome), Verdict::throttled(None));
+    /// ```
+    pub fn throttle_status(self, status: StatusCode) -> Self {
+        self.status_verdict(status, Verdict::throttled(None))
     }
 
     /// Treats `status` as `Permanent`: never retried.
@@ -177,7 +201,7 @@ impl DefaultClassifier {
             ..400 => Verdict::Success,
             408 => Verdict::transient(Processed::Maybe),
             // Rate limiting is decided before any work is done.
-            429 => Verdict::transient(Processed::No),
+            429 => Verdict::throttled(None),
             // With a key, the server is still running the first copy: a later
             // retry is answered from its stored result.
             409 if request.has_idempotency_key() => Verdict::transient(Processed::No),
@@ -239,22 +263,34 @@ impl Classifier for DefaultClassifier {
                 if verdict == Verdict::Success {
                     return verdict;
                 }
+                // A pushback value not understood counts as no pushback:
+                // see "Pushback the layer does not understand" in the
+                // module docs.
                 let verdict = match self.pushback(headers) {
                     Some(false) => return Verdict::Permanent,
                     // The server says a retry may work; whether it already
                     // acted on the request is still the status rule's call.
-                    Some(true) => match verdict {
-                        Verdict::Transient { .. } => verdict,
-                        _ => Verdict::transient(Processed::Maybe),
-                    },
+                    Some(true) if verdict.is_transient() => verdict,
+                    Some(true) => Verdict::transient(Processed::Maybe),
                     None => verdict,
                 };
-                match (verdict, self.retry_after(headers)) {
-                    (Verdict::Transient { .. }, Some(delay)) => {
-                        verdict.with_retry_after(Some(delay))
-                    }
-                    _ => verdict,
+                if !verdict.is_transient() {
+                    return verdict;
                 }
+                let Some(delay) = self.retry_after(headers) else {
+                    return verdict;
+                };
+                // A 503 that says when to come back is the server pacing its
+                // clients (the table's rule; an override of 503 is left as
+                // it is). Only a delay understood makes it so: throttling
+                // allows repeating any method.
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    && matches!(verdict, Verdict::Transient { .. })
+                    && !self.statuses.iter().any(|(s, _)| s == status)
+                {
+                    return Verdict::throttled(Some(delay));
+                }
+                verdict.with_retry_after(Some(delay))
             }
             Outcome::Error(error) => self
                 .error_rules

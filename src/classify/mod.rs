@@ -15,8 +15,9 @@
 //! | 408 Request Timeout | `Transient`, processed `Maybe` |
 //! | 409 Conflict on a request that carries an idempotency key | `Transient`, processed `No` |
 //! | 409 otherwise | `Permanent` |
-//! | 429 Too Many Requests | `Transient`, processed `No` |
-//! | 500, 502, 503, 504 | `Transient`, processed `Maybe` |
+//! | 429 Too Many Requests | `Throttled` |
+//! | 503 with a delay that parses (`Retry-After`, `retry-after-ms`, or a header registered with [`DefaultClassifier::delay_header`]) | `Throttled` |
+//! | 500, 502, 503 (without such a delay), 504 | `Transient`, processed `Maybe` |
 //! | other 5xx (501, 505, ...) | `Permanent` |
 //! | connect error, connection refused, DNS failure | `Transient`, processed `No` |
 //! | HTTP/2 `REFUSED_STREAM`, graceful `GOAWAY`, request canceled before it was sent | `Transient`, processed `No` |
@@ -29,6 +30,37 @@
 //! The server's requested delay (`retry_after`) is read from `retry-after-ms`,
 //! then `Retry-After` (delay-seconds or HTTP-date), then any header registered
 //! with [`DefaultClassifier::delay_header`].
+//!
+//! # Throttling is not failure
+//!
+//! A [`Verdict::Throttled`] says the server turned the request away to pace
+//! its clients, before doing any work: processed `No`, so any method may be
+//! repeated. The retry layer waits on its throttling backoff (1 s base
+//! against 100 ms after a failure) and the budget charges it 5/14 of a
+//! failure's retry (the AWS SDKs' figures; see
+//! [`RetryLayer::throttle_backoff`](crate::RetryLayer::throttle_backoff) and
+//! [`budget`](crate::budget)); the circuit breaker does not count it against
+//! the host, which is up. A 503 counts as throttling only when it says when
+//! to come back: a bare 503 may come from a server that failed mid-request.
+//! To keep every 503 a failure, give it a rule of its own
+//! (`.retry_status(StatusCode::SERVICE_UNAVAILABLE)`); to mark a vendor's
+//! own rate-limit status, [`DefaultClassifier::throttle_status`].
+//!
+//! # Pushback the layer does not understand
+//!
+//! A pushback header that is present but not understood (`x-should-retry:
+//! maybe`, `retry-after-ms: -5`, `Retry-After: soon`, an empty value) counts
+//! as absent: the status's own rule decides, and the delay is the backoff the
+//! verdict would get without the header. So it is never a reason to retry
+//! sooner, nor to repeat a request the status alone would not (it cannot turn
+//! a 503 into throttling, which would allow repeating a POST), nor to give
+//! up. gRPC (A6) takes an unparsable pushback as "do not retry"; there one
+//! library writes the header. HTTP headers pass through proxies, gateways and
+//! frameworks, and RFC 9110 has a recipient ignore a field value it cannot
+//! parse: treating garbage as "never retry" would let one broken hop switch
+//! retries off, and treating it as "no delay" would let it start a storm.
+//! The backoff and the [`RetryBudget`](crate::RetryBudget) still bound what
+//! follows.
 
 mod default;
 mod errors;
@@ -75,10 +107,10 @@ pub enum Processed {
 /// assert!(!Verdict::Permanent.is_transient());
 /// ```
 ///
-/// The enum is `#[non_exhaustive]`: a verdict that tells throttling from
-/// failure is coming as a variant of its own, and a classifier outside this
-/// crate keeps compiling when it arrives (it builds the variants it knows,
-/// and a `match` on a verdict ends with a `_` arm).
+/// The enum is `#[non_exhaustive]`: a classifier outside this crate keeps
+/// compiling as variants are added (it builds the variants it knows, and a
+/// `match` on a verdict ends with a `_` arm). [`Throttled`](Verdict::Throttled)
+/// arrived that way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Verdict {
@@ -90,6 +122,28 @@ pub enum Verdict {
     Transient {
         /// Whether the server may have acted on the request.
         processed: Processed,
+        /// The delay the server asked for, if any.
+        retry_after: Option<Duration>,
+    },
+    /// Not a failure: the server turned the request away to pace its
+    /// clients (429 Too Many Requests, or a 503 that says when to come back)
+    /// before doing any work. It is processed [`Processed::No`], so it may be
+    /// repeated whatever the method; the retry layer waits on its throttling
+    /// backoff ([`RetryLayer::throttle_backoff`](crate::RetryLayer::throttle_backoff))
+    /// and charges the budget its throttled cost
+    /// ([`RetryBudgetBuilder::throttled_cost`](crate::budget::RetryBudgetBuilder::throttled_cost)),
+    /// and the circuit breaker does not count it against the host.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_reissue::{Processed, Verdict};
+    ///
+    /// let v = Verdict::throttled(Some(Duration::from_secs(2)));
+    /// assert!(v.is_throttled() && v.is_transient());
+    /// assert_eq!(v.processed(), Some(Processed::No));
+    /// assert_eq!(v.retry_after(), Some(Duration::from_secs(2)));
+    /// ```
+    Throttled {
         /// The delay the server asked for, if any.
         retry_after: Option<Duration>,
     },
@@ -112,18 +166,60 @@ impl Verdict {
         }
     }
 
-    /// Whether this verdict allows a retry at all.
+    /// A throttled verdict: the server turned the request away before doing
+    /// any work, asking (if `retry_after` is given) to wait that long.
+    ///
+    /// ```
+    /// use tower_reissue::Verdict;
+    /// assert_eq!(Verdict::throttled(None), Verdict::Throttled { retry_after: None });
+    /// ```
+    pub const fn throttled(retry_after: Option<Duration>) -> Self {
+        Verdict::Throttled { retry_after }
+    }
+
+    /// Whether this verdict allows a retry at all: `Transient`, and
+    /// `Throttled` too (throttling passes; it was `Transient` before it had a
+    /// variant of its own, so code asking this question keeps retrying 429s).
     ///
     /// ```
     /// use tower_reissue::{Processed, Verdict};
     /// assert!(Verdict::transient(Processed::Maybe).is_transient());
+    /// assert!(Verdict::throttled(None).is_transient());
     /// assert!(!Verdict::Success.is_transient());
     /// ```
     pub const fn is_transient(&self) -> bool {
-        matches!(self, Verdict::Transient { .. })
+        matches!(self, Verdict::Transient { .. } | Verdict::Throttled { .. })
     }
 
-    /// The server-requested delay of a transient verdict.
+    /// Whether the server turned the request away to pace its clients.
+    ///
+    /// ```
+    /// use tower_reissue::{Processed, Verdict};
+    /// assert!(Verdict::throttled(None).is_throttled());
+    /// assert!(!Verdict::transient(Processed::No).is_throttled());
+    /// ```
+    pub const fn is_throttled(&self) -> bool {
+        matches!(self, Verdict::Throttled { .. })
+    }
+
+    /// Whether the server may have acted on the request, for a verdict that
+    /// allows a retry: a throttled request was not processed.
+    ///
+    /// ```
+    /// use tower_reissue::{Processed, Verdict};
+    /// assert_eq!(Verdict::transient(Processed::Maybe).processed(), Some(Processed::Maybe));
+    /// assert_eq!(Verdict::throttled(None).processed(), Some(Processed::No));
+    /// assert_eq!(Verdict::Permanent.processed(), None);
+    /// ```
+    pub const fn processed(&self) -> Option<Processed> {
+        match self {
+            Verdict::Transient { processed, .. } => Some(*processed),
+            Verdict::Throttled { .. } => Some(Processed::No),
+            _ => None,
+        }
+    }
+
+    /// The server-requested delay of a transient or throttled verdict.
     ///
     /// ```
     /// use tower_reissue::Verdict;
@@ -131,13 +227,15 @@ impl Verdict {
     /// ```
     pub const fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            Verdict::Transient { retry_after, .. } => *retry_after,
+            Verdict::Transient { retry_after, .. } | Verdict::Throttled { retry_after } => {
+                *retry_after
+            }
             _ => None,
         }
     }
 
-    /// Sets the server-requested delay of a transient verdict; other verdicts
-    /// are returned unchanged.
+    /// Sets the server-requested delay of a transient or throttled verdict;
+    /// other verdicts are returned unchanged.
     ///
     /// ```
     /// use std::time::Duration;
@@ -145,6 +243,7 @@ impl Verdict {
     ///
     /// let d = Some(Duration::from_millis(1500));
     /// assert_eq!(Verdict::transient(Processed::No).with_retry_after(d).retry_after(), d);
+    /// assert_eq!(Verdict::throttled(None).with_retry_after(d), Verdict::throttled(d));
     /// assert_eq!(Verdict::Success.with_retry_after(d), Verdict::Success);
     /// ```
     pub const fn with_retry_after(self, delay: Option<Duration>) -> Self {
@@ -153,6 +252,7 @@ impl Verdict {
                 processed,
                 retry_after: delay,
             },
+            Verdict::Throttled { .. } => Verdict::Throttled { retry_after: delay },
             other => other,
         }
     }

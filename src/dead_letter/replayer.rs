@@ -494,7 +494,7 @@ where
                     .complete(id, lease.token, status)
                     .await
                     .map(|()| Settled::Replayed),
-                Verdict::Transient { .. } => queue
+                Verdict::Transient { .. } | Verdict::Throttled { .. } => queue
                     .fail(id, lease.token, AttemptOutcome::Status(status), retry_in)
                     .await
                     .map(|()| Settled::Failed),

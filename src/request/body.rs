@@ -270,6 +270,18 @@ impl<B: Body> ReplayBody<B> {
         Ok(Self::shared(shared.clone(), None))
     }
 
+    /// Another handle on the body's kept copy, which reads nothing itself:
+    /// unlike [`replay`](ReplayBody::replay) it can be taken while this copy
+    /// is still streaming the original, by a layer below the retry layer that
+    /// wants copies of an attempt later (a hedge), and replays from it then
+    /// answer as replays from the retry layer's own handle would.
+    pub(crate) fn handle(&self) -> Self {
+        match &self.source {
+            Source::Whole { bytes, .. } => Self::whole(bytes.clone()),
+            Source::Shared(copy) => Self::shared(copy.shared.clone(), None),
+        }
+    }
+
     /// Whether [`replay`](ReplayBody::replay) would succeed now.
     pub fn is_replayable(&self) -> Result<(), NotReplayable> {
         self.replay().map(drop)

@@ -99,12 +99,15 @@ fn retry_rules<C, T: RequestTemplate>(
     progress: &Progress,
 ) -> Result<(Duration, bool), GiveUpReason> {
     let settings = &config.settings;
-    let Verdict::Transient {
-        processed,
-        retry_after,
-    } = verdict
-    else {
-        return Err(GiveUpReason::Permanent);
+    let (processed, retry_after, throttled) = match verdict {
+        Verdict::Transient {
+            processed,
+            retry_after,
+        } => (processed, retry_after, false),
+        // Turned away before any work: safe to repeat, on its own backoff
+        // and at its own (lower) cost.
+        Verdict::Throttled { retry_after } => (Processed::No, retry_after, true),
+        _ => return Err(GiveUpReason::Permanent),
     };
     safety(request, processed)?;
     if progress.attempt >= settings.max_attempts {
@@ -117,11 +120,16 @@ fn retry_rules<C, T: RequestTemplate>(
         Err(NotReplayable::InUse) => true,
         Err(why) => return Err(GiveUpReason::NotReplayable(why)),
     };
+    // The server's delay wins over the backoff, shorter or longer: it knows
+    // when its limit lifts (see the module docs for why it is not clamped).
     let delay = match retry_after {
         Some(asked) if asked > settings.max_retry_after => {
             return Err(GiveUpReason::RetryAfterTooLong);
         }
         Some(asked) => asked.saturating_add(retry_after_jitter(asked)),
+        None if throttled => settings
+            .throttle_backoff
+            .delay(progress.attempt, progress.previous_delay),
         None => settings
             .backoff
             .delay(progress.attempt, progress.previous_delay),
@@ -132,7 +140,12 @@ fn retry_rules<C, T: RequestTemplate>(
         }
     }
     if let Some(budget) = &settings.budget {
-        if !budget.withdraw_for(request.uri()) {
+        let granted = if throttled {
+            budget.withdraw_throttled_for(request.uri())
+        } else {
+            budget.withdraw_for(request.uri())
+        };
+        if !granted {
             return Err(GiveUpReason::BudgetExhausted);
         }
     }

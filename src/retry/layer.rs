@@ -14,9 +14,10 @@ pub(crate) type GiveUpHook = Arc<dyn Fn(&GiveUpEvent<'_>) + Send + Sync>;
 /// Applies [`Retry`] to a client service.
 ///
 /// Defaults: [`DefaultClassifier`], 3 attempts, exponential backoff with full
-/// jitter (100 ms base, 10 s cap), a [`RetryBudget`] of 20% (shared by every
-/// service this layer makes), `max_retry_after` 60 s, 64 KiB replay limit, no
-/// deadline, no per-attempt timeout.
+/// jitter (100 ms base, 10 s cap; after throttling 1 s base, 10 s cap), a
+/// [`RetryBudget`] of 20% (shared by every service this layer makes),
+/// `max_retry_after` 60 s, 64 KiB replay limit, no deadline, no per-attempt
+/// timeout.
 ///
 /// ```
 /// use std::time::Duration;
@@ -53,6 +54,7 @@ pub struct RetryLayer<C = DefaultClassifier> {
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) backoff: Backoff,
+    pub(crate) throttle_backoff: Backoff,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) max_attempts: u32,
     pub(crate) max_retry_after: Duration,
@@ -77,6 +79,7 @@ impl RetryLayer {
             classifier: DefaultClassifier::new(),
             settings: Settings {
                 backoff: Backoff::default(),
+                throttle_backoff: Backoff::throttling(),
                 budget: Some(RetryBudget::default()),
                 max_attempts: 3,
                 max_retry_after: Duration::from_secs(60),
@@ -137,6 +140,29 @@ impl<C> RetryLayer<C> {
     /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.settings.backoff = backoff;
+        self
+    }
+
+    /// The delay strategy after throttling (a
+    /// [`Throttled`](crate::Verdict::Throttled) verdict: 429, or a 503 that
+    /// says when to come back) when the server gives no usable delay. The
+    /// default, [`Backoff::throttling`], is exponential with full jitter,
+    /// base 1 s, cap 10 s: the AWS SDKs wait 1 s before a retry after
+    /// throttling against 50 ms after a transient error, as a rate limit
+    /// rarely lifts within the transient base of 100 ms. The server's own
+    /// `Retry-After` still wins, shorter or longer (see the
+    /// [module docs](super)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_reissue::{Backoff, RetryLayer};
+    /// let layer = RetryLayer::new()
+    ///     .backoff(Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)))
+    ///     .throttle_backoff(Backoff::exponential(Duration::from_secs(2), Duration::from_secs(30)));
+    /// # let _ = layer;
+    /// ```
+    pub fn throttle_backoff(mut self, backoff: Backoff) -> Self {
+        self.settings.throttle_backoff = backoff;
         self
     }
 
@@ -280,6 +306,7 @@ impl<C: fmt::Debug> fmt::Debug for RetryLayer<C> {
         f.debug_struct("RetryLayer")
             .field("classifier", &self.classifier)
             .field("backoff", &self.settings.backoff)
+            .field("throttle_backoff", &self.settings.throttle_backoff)
             .field("budget", &self.settings.budget)
             .field("max_attempts", &self.settings.max_attempts)
             .field("max_retry_after", &self.settings.max_retry_after)

@@ -4,7 +4,8 @@
 //! classified (see [`classify`](crate::classify)); a failed attempt is
 //! retried only when all of these hold:
 //!
-//! 1. the verdict is `Transient`;
+//! 1. the verdict is `Transient` or `Throttled` (a throttled request counts
+//!    as processed `No`);
 //! 2. the request is safe to repeat: the server provably did not process it
 //!    (`Processed::No`), or its method is idempotent (GET, HEAD, OPTIONS,
 //!    TRACE, PUT, DELETE), or it carries an idempotency key (the
@@ -21,12 +22,26 @@
 //!    a server asking for an hour gets its response handed back at once;
 //! 6. the delay ends before the deadline, if one is set;
 //! 7. the [`RetryBudget`](crate::RetryBudget) allows it (the budget of the
-//!    request's authority, if the budget is per host).
+//!    request's authority, if the budget is per host); a retry after
+//!    throttling costs 5/14 of one after a failure.
 //!
 //! The delay is the server's `retry_after` plus a jitter of up to a tenth of
 //! it (at most one second), so that clients told the same instant do not all
 //! come back at once; otherwise the [`Backoff`](crate::Backoff) (by default
-//! exponential with full jitter, base 100 ms, cap 10 s).
+//! exponential with full jitter, base 100 ms, cap 10 s), or after throttling
+//! the [throttling backoff](RetryLayer::throttle_backoff) (base 1 s, cap
+//! 10 s). A pushback header the classifier does not understand counts as
+//! absent, so the backoff applies (see [`classify`](crate::classify)).
+//!
+//! The server's delay is honoured when it is shorter than the throttling
+//! backoff would have been, as gRPC honours its pushback: the server knows
+//! when its limit lifts, and the throttling backoff is a guess for when it
+//! did not say. The AWS SDKs instead clamp their service's delay into
+//! `[backoff, backoff + 5 s]`; with full jitter that floor is itself a random
+//! draw between 0 and the base, so it would delay a client the server asked
+//! back at a given instant without spreading the fleet any better than the
+//! added jitter does. A server that answers `Retry-After: 0` to every request
+//! is still held back by `max_attempts` and the budget.
 //!
 //! When it gives up, the caller gets the last response or error unchanged.
 //! Every response carries an [`Attempts`] extension. Each retry and each
@@ -46,7 +61,7 @@ pub(crate) mod sink;
 mod timer;
 
 pub use crate::error::{AttemptTimedOut, DeadlineExceeded};
-pub use crate::request::{NotReplayable, ReplayBody};
+pub use crate::request::{Attempts, NotReplayable, ReplayBody, Retryable};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use service::Retry;
@@ -55,43 +70,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::classify::RequestView;
+use crate::request::Repeat;
 use crate::{Processed, Verdict};
-
-/// How many attempts a response took, in its extensions.
-///
-/// ```
-/// use tower_reissue::Attempts;
-/// let attempts = Attempts(2);
-/// assert_eq!(attempts.get(), 2);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Attempts(pub u32);
-
-impl Attempts {
-    /// The number of attempts, counting the first.
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
-
-/// A per-request override of the safety rule, set as a request extension.
-///
-/// ```
-/// use http::Request;
-/// use tower_reissue::retry::Retryable;
-///
-/// // This POST is an upsert keyed by its URL: repeating it is harmless.
-/// let mut request = Request::post("http://api.example/users/7").body(()).unwrap();
-/// request.extensions_mut().insert(Retryable::Yes);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Retryable {
-    /// Treat the request as safe to repeat, whatever its method. Only
-    /// `Transient` verdicts are retried all the same.
-    Yes,
-    /// Never retry this request.
-    No,
-}
 
 /// Why the retry layer stopped and handed a failure to the caller.
 ///
@@ -214,18 +194,17 @@ pub struct GiveUpEvent<'a> {
 
 /// Whether the request may be sent again after a transient failure.
 pub(crate) fn safety(request: &RequestView<'_>, processed: Processed) -> Result<(), GiveUpReason> {
-    match request.extensions().and_then(|e| e.get::<Retryable>()) {
-        Some(Retryable::No) => return Err(GiveUpReason::Disabled),
-        Some(Retryable::Yes) => return Ok(()),
-        None => {}
-    }
-    if processed == Processed::No
-        || request.is_idempotent_method()
-        || request.has_idempotency_key()
-        || crate::reconcile::is_conditional(request.headers())
-    {
-        Ok(())
-    } else {
-        Err(GiveUpReason::NotSafe)
+    match request.repeat() {
+        Repeat::Forbidden => Err(GiveUpReason::Disabled),
+        Repeat::Forced | Repeat::Safe => Ok(()),
+        // What the answer told: the server never acted on it. Or a
+        // precondition makes a repeat after the first took effect fail 412.
+        Repeat::Unsafe
+            if processed == Processed::No
+                || crate::reconcile::is_conditional(request.headers()) =>
+        {
+            Ok(())
+        }
+        Repeat::Unsafe => Err(GiveUpReason::NotSafe),
     }
 }

@@ -12,6 +12,7 @@
 //! | `tower_reissue_give_ups_total` | counter | `reason`: `permanent`, `not_safe`, `disabled`, `max_attempts`, `not_replayable`, `retry_after_too_long`, `deadline`, `budget_exhausted`, `unreconciled`, `service_not_ready` | failures handed to the caller |
 //! | `tower_reissue_reconcile_answers_total` | counter | `answer`: `applied`, `not_applied`, `unknown`, `timeout`, `error` | what reconcilers answered about ambiguous attempts |
 //! | `tower_reissue_dead_letters_total` | counter | `event`: `pushed`, `push_failed`, `replayed`, `failed_again`, `not_replayable`, `expired` | dead letters parked by the retry layer and settled by a `Replayer` |
+//! | `tower_reissue_hedges_total` | counter | `event`: `sent`, `won` (its answer was the one kept), `budget_exhausted`, `breaker_open`, `not_replayable`, `service_not_ready` (a hedge was due and not sent, for that reason) | hedges of slow requests by the hedge layer |
 //! | `tower_reissue_budget_refusals_total` | counter | none | retries the budget refused |
 //! | `tower_reissue_attempts` | histogram | none | attempts per logical request |
 //! | `tower_reissue_retry_delay_seconds` | histogram | none | the delay before each retry |
@@ -47,6 +48,8 @@ pub const SERVER_REQUESTS: &str = "tower_reissue_server_requests_total";
 pub const RECONCILE_ANSWERS: &str = "tower_reissue_reconcile_answers_total";
 /// Counter of dead-letter events, label `event`.
 pub const DEAD_LETTERS: &str = "tower_reissue_dead_letters_total";
+/// Counter of hedges (extra copies of slow requests), label `event`.
+pub const HEDGES: &str = "tower_reissue_hedges_total";
 
 /// The label naming why a retry was made.
 pub const LABEL_REASON: &str = "reason";
@@ -60,5 +63,5 @@ pub const LABEL_STATE: &str = "state";
 pub const LABEL_OUTCOME: &str = "outcome";
 /// The label naming a reconciler's answer.
 pub const LABEL_ANSWER: &str = "answer";
-/// The label naming what happened to a dead letter.
+/// The label naming what happened to a dead letter, or to a hedge.
 pub const LABEL_EVENT: &str = "event";

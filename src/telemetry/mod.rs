@@ -4,9 +4,11 @@
 //!
 //! [`RetryLayer`](crate::RetryLayer) opens one `tracing` span per attempt
 //! (target `tower_reissue::attempt`, level `INFO`), a child of the span the
-//! caller is in, named and attributed after the OpenTelemetry HTTP client
-//! span conventions, so that `tracing-opentelemetry` exports conforming
-//! client spans with no mapping:
+//! caller is in, and [`HedgeLayer`](crate::HedgeLayer) one per hedge (a
+//! child of the span it is sent from: under a retry layer, the attempt's;
+//! `http.request.resend_count` 1 for the first hedge), named and attributed
+//! after the OpenTelemetry HTTP client span conventions, so that
+//! `tracing-opentelemetry` exports conforming client spans with no mapping:
 //!
 //! | field | value |
 //! |---|---|
@@ -128,6 +130,16 @@ pub(crate) fn reconciled(answer: &'static str) {
 pub(crate) fn dead_letter(event: &'static str) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(metrics::DEAD_LETTERS, metrics::LABEL_EVENT => event).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = event;
+}
+
+/// A hedge was sent, won, or was due and not sent (`event` is a closed set:
+/// see the metrics table).
+#[inline]
+pub(crate) fn hedge(event: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(metrics::HEDGES, metrics::LABEL_EVENT => event).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = event;
 }
