@@ -1,7 +1,10 @@
 //! Throughput of an axum handler over loopback HTTP with 64 requests in
-//! flight: bare, behind `IdempotencyLayer` with `MemoryStore`, and behind
+//! flight: bare, behind `IdempotencyLayer` with `MemoryStore`, behind
 //! `IdempotencyLayer` with `RedisStore` (one multiplexed connection to a
-//! `redis-server` on loopback, started here unless `REDIS_URL` is set).
+//! `redis-server` on loopback, started here unless `REDIS_URL` is set), and
+//! with `RedisStore` on a Redis Cluster (three masters and three replicas on
+//! loopback, started here unless `REDIS_CLUSTER_URLS` is set), in the same
+//! run.
 //!
 //! ```text
 //! cargo bench --features redis --bench redis_throughput
@@ -118,12 +121,12 @@ async fn send(client: &HttpClient, uri: &str, key: Option<String>) {
 /// sent and its answer read. (redis-server's own `INFO commandstats` also
 /// counts the commands a script runs, so it cannot tell.)
 #[derive(Clone)]
-struct Counted {
-    inner: redis::aio::ConnectionManager,
+struct Counted<C> {
+    inner: C,
     round_trips: Arc<AtomicU64>,
 }
 
-impl redis::aio::ConnectionLike for Counted {
+impl<C: redis::aio::ConnectionLike> redis::aio::ConnectionLike for Counted<C> {
     fn req_packed_command<'a>(
         &'a mut self,
         cmd: &'a redis::Cmd,
@@ -194,6 +197,27 @@ fn main() {
         let bare = serve(server_app::bare()).await;
         let memory = serve(server_app::bare().layer(IdempotencyLayer::new(memory).ttl(TTL))).await;
         let redis = serve(server_app::bare().layer(IdempotencyLayer::new(store).ttl(TTL))).await;
+        // The connection `RedisStore::connect_cluster` would open, counted
+        // the same way (a redirection the cluster client follows is not
+        // counted: after the warm-up there are none).
+        let with_cluster = env_or("CLUSTER", 1) == 1;
+        let cluster = if with_cluster {
+            let cluster = redis_server::cluster::RedisCluster::shared();
+            let cluster_connection = Counted {
+                inner: RedisStore::cluster_builder(cluster.urls())
+                    .build()
+                    .expect("cluster URLs")
+                    .get_async_connection()
+                    .await
+                    .expect("connect to the cluster"),
+                round_trips: round_trips.clone(),
+            };
+            let cluster_store = RedisStore::from_connection(cluster_connection)
+                .prefix(format!("bench-{}", uuid::Uuid::new_v4()));
+            serve(server_app::bare().layer(IdempotencyLayer::new(cluster_store).ttl(TTL))).await
+        } else {
+            bare
+        };
         let variant = |name, addr: SocketAddr, keys, redis| Variant {
             name,
             uri: format!("http://{addr}/emails"),
@@ -202,13 +226,17 @@ fn main() {
             rates: Vec::new(),
             round_trips_per_request: Vec::new(),
         };
-        let mut variants = [
+        let mut variants = vec![
             variant("bare", bare, Keys::None, false),
             variant("memory_new_keys", memory, Keys::New, false),
             variant("redis_new_keys", redis, Keys::New, true),
             variant("memory_replay", memory, Keys::Replayed, false),
             variant("redis_replay", redis, Keys::Replayed, true),
         ];
+        if with_cluster {
+            variants.push(variant("cluster_new_keys", cluster, Keys::New, true));
+            variants.push(variant("cluster_replay", cluster, Keys::Replayed, true));
+        }
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let next = Arc::new(AtomicU64::new(0));
         // Warm up: open the connections, store the replayed keys.

@@ -24,5 +24,5 @@ pub fn redis_claim_reply(
     use ::redis::Value;
     let mut items = vec![Value::Int(tag)];
     items.extend(fields.iter().map(|field| Value::BulkString(field.to_vec())));
-    crate::store::parse_redis_claim(Value::Array(items))
+    crate::store::parse_redis_claim(Value::Array(items), 1)
 }

@@ -92,7 +92,7 @@ async fn a_lost_id_counter_never_reuses_an_id() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let deleted: usize = admin.del(format!("{prefix}:id")).await.unwrap();
+    let deleted: usize = admin.del(format!("{{{prefix}}}:id")).await.unwrap();
     assert_eq!(deleted, 1, "the counter is where the docs say");
 
     let next = queue

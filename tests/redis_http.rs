@@ -25,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tower_reissue::idempotency::store::RecordKey;
 use tower_reissue::{IdempotencyLayer, RedisStore};
 
 // ---------- harness ----------
@@ -629,6 +630,7 @@ async fn with_wait_for_replicas_a_completion_is_on_the_replica_before_the_answer
         .prefix(prefix.clone())
         .wait_for_replicas(1, Duration::from_millis(500));
     let handler = Handler::default();
+    let names = store.clone();
     let app = serve(&handler, IdempotencyLayer::new(store)).await;
     let client = client();
     let mut on_replica = redis::Client::open(replica.url())
@@ -642,7 +644,7 @@ async fn with_wait_for_replicas_a_completion_is_on_the_replica_before_the_answer
         let reply = send(&client, app.addr, "/charges", &key).await;
         assert_eq!(reply.status, StatusCode::CREATED);
         // Read at once, before any asynchronous replication could catch up.
-        let record = format!("{prefix}:{}:{key}", principal_of("Bearer shop-1"));
+        let record = names.key_of(&RecordKey::new(principal_of("Bearer shop-1"), &key));
         let outcome: Option<Vec<u8>> = redis::cmd("HGET")
             .arg(&record)
             .arg("outcome")

@@ -95,12 +95,18 @@ async fn records_are_namespaced_and_expired_by_redis() {
     let ttl = Duration::from_secs(600);
 
     let key = RecordKey::new("tenant:7", "order-1");
-    let name = format!("{prefix}:tenant%3A7:order-1");
+    let name = store.key_of(&key);
+    // The hash tag first, then the principal (escaped) and the key.
+    assert!(name.starts_with(&format!("{prefix}:{{")), "{name}");
+    assert!(name.ends_with("}:tenant%3A7:order-1"), "{name}");
     let token = acquire(&store, &key, &fingerprint(1), lease).await;
     let pttl: i64 = redis.pttl(&name).await.unwrap();
     assert!(0 < pttl && pttl <= 30_000, "in-flight pttl {pttl}");
     let stored_token: String = redis.hget(&name, "token").await.unwrap();
-    assert_eq!(stored_token, token.get().to_string());
+    assert_eq!(
+        stored_token,
+        format!("{}:{}", token.get() >> 12, token.get() & 0xfff)
+    );
     let fp: Vec<u8> = redis.hget(&name, "fp").await.unwrap();
     assert_eq!(&fp[..], fingerprint(1).as_bytes());
 
@@ -117,29 +123,26 @@ async fn records_are_namespaced_and_expired_by_redis() {
     let token = acquire(&store, &released, &fingerprint(1), lease).await;
     store.release(&released, token).await.unwrap();
 
-    // Under the prefix: the one completed record, which expires, and the
-    // token counter. Nothing else, and nothing outside the prefix.
-    let mut keys: Vec<String> = redis.keys(format!("{prefix}:*")).await.unwrap();
-    keys.sort();
-    assert_eq!(keys, [format!("{prefix}:fencing-token"), name]);
+    // Under the prefix: the one completed record, which expires. No
+    // counter, nothing else, and nothing outside the prefix.
+    let keys: Vec<String> = redis.keys(format!("{prefix}:*")).await.unwrap();
+    assert_eq!(keys, [name]);
 }
 
 #[tokio::test]
-async fn tokens_stay_unique_when_the_counter_is_lost() {
+async fn tokens_follow_redis_clock_and_differ_between_claims() {
     let server = RedisServer::shared();
     let prefix = unique_prefix();
     let store = store_at(&server, &prefix).await;
-    let mut redis = admin(&server).await;
     let key = RecordKey::new("p", "k");
 
     let first = acquire(&store, &key, &fingerprint(1), Duration::from_secs(60)).await;
-    // A fresh counter starts from Redis's clock in microseconds, which a
-    // token must survive intact (Lua numbers are doubles).
-    assert!(first.get() > 1_600_000_000_000_000, "{first:?}");
+    // Redis's clock in microseconds, above the 12 random bits, kept intact
+    // (Lua numbers are doubles).
+    assert!(first.get() >> 12 > 1_600_000_000_000_000, "{first:?}");
     store.release(&key, first).await.unwrap();
 
-    let counter = format!("{prefix}:fencing-token");
-    let _: () = redis.del(&counter).await.unwrap();
+    // The next claim of the key reads a later time.
     let second = acquire(&store, &key, &fingerprint(1), Duration::from_secs(60)).await;
     assert!(second > first, "{second:?} after {first:?}");
     assert_fenced(&store, &key, first, Duration::from_secs(60)).await;
@@ -151,7 +154,7 @@ async fn foreign_or_damaged_records_are_errors() {
     let prefix = unique_prefix();
     let store = store_at(&server, &prefix).await;
     let mut redis = admin(&server).await;
-    let name = |key: &str| format!("{prefix}:p:{key}");
+    let name = |key: &str| store.key_of(&RecordKey::new("p", key));
 
     let _: () = redis.set(name("string"), "not ours").await.unwrap();
     let _: () = redis.hset(name("no-fp"), "other", "x").await.unwrap();

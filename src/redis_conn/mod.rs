@@ -8,11 +8,15 @@ mod reply;
 pub(crate) use client::RedisClient;
 pub(crate) use reply::{ReplyError, millis};
 
+use std::any::Any;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::TcpSettings;
-use redis::{Client, IntoConnectionInfo, RedisError};
+use redis::{Client, FromRedisValue, IntoConnectionInfo, RedisError};
 
 /// A [`ConnectionManager`] to `url` with [`manager_config`] and
 /// `TCP_NODELAY`, as every Redis-backed part of the crate connects.
@@ -25,6 +29,62 @@ pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, Redi
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
     let client = Client::open(info)?;
     ConnectionManager::new_with_config(client, manager_config()).await
+}
+
+/// A [`ClusterConnection`] to the cluster that `nodes` belong to, with
+/// [`cluster_builder`]'s settings.
+pub(crate) async fn connect_cluster<T: IntoConnectionInfo>(
+    nodes: impl IntoIterator<Item = T>,
+) -> Result<ClusterConnection, RedisError> {
+    cluster_builder(nodes).build()?.get_async_connection().await
+}
+
+/// The cluster counterpart of [`manager_config`]: a connection attempt and
+/// an answer wait at most a second each, `TCP_NODELAY` is set, and a
+/// command is retried (after `MOVED`, `TRYAGAIN`, a lost connection) at most
+/// 3 times 50 to 500 ms apart, so that a slot moving in a failover is
+/// followed without holding a request longer than a store's timeout.
+pub(crate) fn cluster_builder<T: IntoConnectionInfo>(
+    nodes: impl IntoIterator<Item = T>,
+) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(nodes)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(1))
+        .retries(3)
+        .min_retry_wait(50)
+        .max_retry_wait(500)
+        .tcp_settings(TcpSettings::default().set_nodelay(true))
+}
+
+/// `WAIT replicas timeout_ms` on the node holding `key`: the primary of the
+/// key's slot on a [`ClusterConnection`] (whose own routing would send a
+/// bare `WAIT` to every primary and answer with the least count, so one slow
+/// shard would hold every write), the one server on any other connection.
+/// Either way the `WAIT` goes over the connection that carried the writes
+/// it waits for.
+pub(crate) async fn wait_on_key<C>(
+    connection: &C,
+    key: &str,
+    replicas: u32,
+    timeout_ms: u64,
+) -> Result<i64, RedisError>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+{
+    let mut command = redis::cmd("WAIT");
+    command.arg(replicas).arg(timeout_ms);
+    let mut connection = connection.clone();
+    if let Some(cluster) = (&mut connection as &mut dyn Any).downcast_mut::<ClusterConnection>() {
+        let route = Route::with_key(key, SlotAddr::Master);
+        let value = cluster
+            .route_command(
+                command,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await?;
+        return Ok(i64::from_redis_value(value)?);
+    }
+    command.query_async(&mut connection).await
 }
 
 /// The connection settings of every Redis-backed store and queue: a call

@@ -5,7 +5,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use ::redis::aio::{ConnectionLike, ConnectionManager};
-use ::redis::{RedisError, Script, ScriptInvocation, Value};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value};
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::error::BoxError;
 use crate::error::Corrupt;
-use crate::redis_conn::{RedisClient, ReplyError, connect_manager, millis};
+use crate::redis_conn::{RedisClient, ReplyError, connect_cluster, connect_manager, millis};
 
 /// How many finished entries one purge script deletes: Redis runs a script
 /// to its end before serving anyone else, so a large purge goes in steps.
@@ -40,23 +41,26 @@ const PURGE_BATCH: usize = 500;
 ///
 /// # Keys
 ///
-/// Everything lives under the prefix (default `dead-letters`):
+/// Everything lives under the prefix (default `dead-letters`), in braces:
+/// `{dead-letters}` is the Redis Cluster hash tag of every key of the queue,
+/// so a queue lives in one slot and its scripts, which touch several of its
+/// keys at once, run on a Redis Cluster as on one server (queues with
+/// different prefixes spread over the cluster). With `P` for `{prefix}`:
 ///
-/// * `{prefix}:entry:{id}`: one hash per entry, with readable fields (`uri`,
+/// * `P:entry:{id}`: one hash per entry, with readable fields (`uri`,
 ///   `reason`, `state`, `headers` as `name: value` lines, `history` as JSON,
 ///   times in ms since the Unix epoch).
-/// * `{prefix}:all`, `{prefix}:state:{state}`, `{prefix}:reason:{reason}`,
-///   `{prefix}:host:{host}`: sorted sets of ids, the indexes pages are read
-///   from; `{prefix}:ready`, `{prefix}:timed` and `{prefix}:finished`, the
-///   sets leases and purges are taken from; `{prefix}:reasons`, the count
-///   per reason.
-/// * `{prefix}:id` and `{prefix}:token`: the counters that issue ids and
-///   lease tokens.
+/// * `P:all`, `P:state:{state}`, `P:reason:{reason}`, `P:host:{host}`:
+///   sorted sets of ids, the indexes pages are read from; `P:ready`,
+///   `P:timed` and `P:finished`, the sets leases and purges are taken from;
+///   `P:reasons`, the count per reason.
+/// * `P:id` and `P:token`: the counters that issue ids and lease tokens.
 ///
 /// No key has a time to live: entries stay until
-/// [`purge`](DeadLetterQueue::purge)d. The scripts derive keys from the
-/// prefix, so the queue needs a single Redis server (with replicas if you
-/// like), not Redis Cluster.
+/// [`purge`](DeadLetterQueue::purge)d. Earlier releases named the keys
+/// without the braces: a queue written by one is not read by this one;
+/// drain it (replay or discard its entries) before upgrading, or keep
+/// replaying from it with the old release (see `docs::redis`).
 ///
 /// # Connection
 ///
@@ -66,7 +70,8 @@ const PURGE_BATCH: usize = 500;
 /// bounded by [`timeout`](Self::timeout) (default 2 s) and fails with
 /// [`QueueError::Unavailable`] after it, and
 /// [`from_connection`](Self::from_connection) takes a connection of your
-/// own.
+/// own. [`connect_cluster`](Self::connect_cluster) connects to a Redis
+/// Cluster.
 ///
 /// # Deployment notes
 ///
@@ -118,6 +123,19 @@ impl RedisQueue {
     }
 }
 
+impl RedisQueue<ClusterConnection> {
+    /// Connects to the Redis Cluster that `nodes` belong to as
+    /// [`RedisStore::connect_cluster`](crate::RedisStore::connect_cluster)
+    /// does.
+    ///
+    /// Fails if a URL is invalid or no node answers.
+    pub async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, RedisError> {
+        Ok(Self::from_connection(connect_cluster(nodes).await?))
+    }
+}
+
 impl<C> RedisQueue<C> {
     /// A queue sending its commands over `connection`, with the prefix
     /// `dead-letters` and a 2 s timeout per operation.
@@ -164,8 +182,13 @@ impl<C> RedisQueue<C> {
         self.client.connection()
     }
 
+    /// `{prefix}`: the start of every key, and its hash tag.
+    fn base(&self) -> String {
+        format!("{{{}}}", self.client.key_prefix())
+    }
+
     fn entry_key(&self, id: DeadLetterId) -> String {
-        format!("{}:entry:{id}", self.client.key_prefix())
+        format!("{}:entry:{id}", self.base())
     }
 }
 
@@ -183,13 +206,18 @@ impl<C> RedisQueue<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// Runs `script` with the prefix and then `args` as its arguments.
+    /// Runs `script` with the braced prefix and then `args` as its
+    /// arguments. The queue's `all` index is its one declared key: on a
+    /// Redis Cluster it routes the script to the queue's slot, where every
+    /// key the script derives from the prefix lives.
     async fn eval(
         &self,
         script: &'static Script,
         args: impl FnOnce(&mut ScriptInvocation<'static>),
     ) -> Result<Value, QueueError> {
-        let mut invocation = script.arg(self.client.key_prefix());
+        let base = self.base();
+        let mut invocation = script.key(format!("{base}:all"));
+        invocation.arg(base);
         args(&mut invocation);
         self.client
             .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })

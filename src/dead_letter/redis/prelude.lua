@@ -1,4 +1,6 @@
--- Definitions every script starts with. `ARGV[1]` is always the prefix.
+-- Definitions every script starts with. `ARGV[1]` is always the prefix in
+-- braces (the queue's hash tag), `KEYS[1]` the `all` index under it, which
+-- routes the script to the queue's slot on a Redis Cluster.
 --
 -- Besides one hash per entry (`{prefix}:entry:{id}`), the queue keeps sorted
 -- sets of ids, scored by id unless said otherwise: `all`, `state:{state}`,

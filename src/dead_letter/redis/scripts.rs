@@ -1,6 +1,7 @@
 //! The queue's Lua scripts, one `.lua` file each (what a script takes and
 //! returns is at the top of its file). Every script is sent with the list
-//! of an entry's fields and `prelude.lua` in front of it.
+//! of an entry's fields and `prelude.lua` in front of it, after a `#!lua`
+//! line (see `RedisStore`'s scripts).
 
 use std::sync::LazyLock;
 
@@ -36,7 +37,7 @@ const TAKE: &str = include_str!("take.lua");
 fn script(body: &str) -> Script {
     let fields: Vec<String> = FIELDS.iter().map(|f| format!("'{f}'")).collect();
     Script::new(&format!(
-        "local FIELDS = {{{}}}\n{PRELUDE}{body}",
+        "#!lua\nlocal FIELDS = {{{}}}\n{PRELUDE}{body}",
         fields.join(", ")
     ))
 }

@@ -5,17 +5,27 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use ::redis::{RedisError, Script, Value};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{IntoConnectionInfo, RedisError, Script, Value};
 
 pub(crate) use self::claim::parse_claim;
+use self::claim::{RANDOM_BITS, token_arg};
 use super::{
     Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
 };
 use crate::error::BoxError;
-use crate::redis_conn::{RedisClient, ReplyError, connect_manager, millis};
+use crate::redis_conn::{
+    RedisClient, ReplyError, cluster_builder, connect_cluster, connect_manager, millis, wait_on_key,
+};
 
 // One Lua script per operation; what each takes and returns is at the top
-// of its file.
+// of its file. Each starts with `#!lua` (Redis 7 and later, Valkey): a
+// script so declared is a write, which a replica answers with `MOVED`.
+// Without it, a replica runs the script on a `READONLY` connection (the
+// cluster client marks every connection so) and fails at its first write:
+// after a failover, a client whose slot map still names the old master,
+// back as a replica on the same address, would never be redirected.
 static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
 static COMPLETE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("complete.lua")));
@@ -34,15 +44,36 @@ static RELEASE_SCRIPT: LazyLock<Script> =
 ///
 /// # Keys
 ///
-/// * `{prefix}:{principal}:{key}`: one hash per record, with the fields
-///   `fp` (the [`Fingerprint`]), `token` (while in flight) and `outcome`
-///   (once completed, encoded with [`StoredOutcome::to_bytes`]). A `:` or `%` in the
-///   principal is percent-encoded, so the first `:` after the prefix always
-///   ends the principal. The prefix defaults to `idempotency`.
-/// * `{prefix}:fencing-token`: the counter that issues
-///   [`FencingToken`]s. It is the only key without a time to live, and one
-///   integer whatever the traffic. If it is lost, it restarts from Redis's
-///   clock in microseconds, above any token issued before.
+/// One key per record, nothing else: the prefix, the tag in braces, the
+/// principal and the key, for example
+/// `idempotency:{9f3c2a7d01b4e865}:alice:order-17`. It is a hash
+/// with the fields `fp` (the [`Fingerprint`]), `token` (while in flight) and
+/// `outcome` (once completed, encoded with [`StoredOutcome::to_bytes`]). The
+/// `tag` is 16 hex digits of a hash of the principal and key that every
+/// instance computes alike; as the first `{...}` of the key it is Redis
+/// Cluster's hash tag, so records spread over the cluster's slots and each
+/// script touches the one key of its record. A `:` or `%` in the principal is
+/// percent-encoded, so the first `:` after the tag always ends the principal.
+/// The prefix defaults to `idempotency`; it should not contain `{`, which
+/// would make part of the prefix the hash tag and put every record in one
+/// slot.
+///
+/// A [`FencingToken`] is made in the claim itself, with no counter shared
+/// between records (which would put every claim in one slot): the high bits
+/// are the microsecond at which Redis created the record (on the node
+/// holding it), the low 12 bits random bits of the claiming instance. The
+/// record keeps it and the other scripts compare it for equality. Tokens
+/// only have to differ between the claims of one record, which follow each
+/// other in time: a record that expired and was claimed again holds a later
+/// token, and the random bits keep two claims apart even where a failover
+/// moved the record to a machine whose clock is behind. So a holder paused
+/// past its lease and its record's expiry can never complete, renew or
+/// release the newer claim.
+///
+/// Earlier releases named records `{prefix}:{principal}:{key}` and kept
+/// a `{prefix}:fencing-token` counter. Both layouts cannot be read
+/// atomically, so upgrade a running deployment under a **new prefix** and
+/// let the old keys expire (see `docs::redis` and the changelog).
 ///
 /// # Connection
 ///
@@ -55,6 +86,12 @@ static RELEASE_SCRIPT: LazyLock<Script> =
 /// `ConnectionManager` with your own settings, or a `MultiplexedConnection`,
 /// which does not reconnect) is used with
 /// [`from_connection`](Self::from_connection).
+///
+/// On a Redis Cluster (or Valkey in cluster mode),
+/// [`connect_cluster`](Self::connect_cluster) takes a list of nodes (one is
+/// enough: the rest are discovered) and opens a [`ClusterConnection`], which
+/// follows `MOVED` redirections and failovers. The same scripts and key
+/// layout serve both.
 ///
 /// For `rediss://` (TLS) URLs, enable one of the `redis` crate's TLS features
 /// (`tokio-rustls-comp` or `tokio-native-tls-comp`) in your own
@@ -118,6 +155,8 @@ static RELEASE_SCRIPT: LazyLock<Script> =
 pub struct RedisStore<C = ConnectionManager> {
     client: RedisClient<C, StoreError>,
     replicas: Option<(u32, Duration)>,
+    /// Whether claims wait for the replicas too.
+    wait_claims: bool,
 }
 
 impl RedisStore {
@@ -150,18 +189,76 @@ impl RedisStore {
     }
 }
 
+impl RedisStore<ClusterConnection> {
+    /// Connects to the Redis Cluster that `nodes` belong to
+    /// (`redis://host:port` URLs or anything else
+    /// [`IntoConnectionInfo`]; one reachable node is enough, the others are
+    /// found through `CLUSTER SLOTS`), with the settings of
+    /// [`cluster_builder`](Self::cluster_builder).
+    ///
+    /// Fails if a URL is invalid or no node answers.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), redis::RedisError> {
+    /// let store = tower_reissue::RedisStore::connect_cluster([
+    ///     "redis://redis-0.internal:6379",
+    ///     "redis://redis-1.internal:6379",
+    /// ])
+    /// .await?
+    /// .wait_for_replicas(1, std::time::Duration::from_millis(200));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, RedisError> {
+        Ok(Self::from_connection(connect_cluster(nodes).await?))
+    }
+
+    /// The cluster client settings [`connect_cluster`](Self::connect_cluster)
+    /// uses, to change before building a [`ClusterConnection`] for
+    /// [`from_connection`](RedisStore::from_connection): connection attempts
+    /// and answers cut after 1 s each, `TCP_NODELAY`, and a command retried
+    /// (after `MOVED`, `TRYAGAIN` or a lost connection) at most 3 times 50 to
+    /// 500 ms apart, so that a request is not held past the store's
+    /// [`timeout`](RedisStore::timeout) while a slot moves.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), redis::RedisError> {
+    /// use tower_reissue::RedisStore;
+    ///
+    /// let connection = RedisStore::cluster_builder(["redis://10.0.0.5:6379"])
+    ///     .password("secret")
+    ///     .build()?
+    ///     .get_async_connection()
+    ///     .await?;
+    /// let store = RedisStore::from_connection(connection).prefix("payments");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster_builder<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> ClusterClientBuilder {
+        cluster_builder(nodes)
+    }
+}
+
 impl<C> RedisStore<C> {
     /// A store sending its commands over `connection`, with the prefix
     /// `idempotency` and a 2 s timeout per operation.
     ///
     /// `connection` is any clonable async Redis connection: a
     /// [`ConnectionManager`] built with your own settings (start from
-    /// [`RedisStore::manager_config`]), or a `MultiplexedConnection`, which
-    /// does not reconnect.
+    /// [`RedisStore::manager_config`]), a `MultiplexedConnection`, which
+    /// does not reconnect, or a [`ClusterConnection`] (start from
+    /// [`RedisStore::cluster_builder`]).
     pub fn from_connection(connection: C) -> Self {
         Self {
             client: RedisClient::new(connection, "idempotency"),
             replicas: None,
+            wait_claims: false,
         }
     }
 
@@ -203,12 +300,16 @@ impl<C> RedisStore<C> {
     /// `timeout` passes (`WAIT replicas timeout`), so that a failover to a
     /// replica does not lose an acknowledged completion.
     ///
-    /// The `WAIT` is a second round trip on each completion. If fewer
-    /// replicas acknowledge in time, the completion still stands on the
-    /// primary (Redis cannot take a write back); the shortfall is logged.
-    /// Claims are not waited for: a claim lost in a failover lets a
-    /// duplicate that arrives meanwhile run, which only a synchronous store
-    /// prevents.
+    /// The `WAIT` is a second round trip on each completion, sent to the
+    /// server holding the record: on a Redis Cluster the primary of the
+    /// record's slot alone, so one slow shard holds only its own records. If
+    /// fewer replicas acknowledge in time, the completion still stands on
+    /// the primary (Redis cannot take a write back); the shortfall is
+    /// logged. Claims are waited for only with
+    /// [`wait_on_claims`](Self::wait_on_claims). (The `WAIT` is routed to
+    /// the record's primary when the store's connection is a
+    /// [`ClusterConnection`] itself; a wrapper around one gets the cluster
+    /// client's own routing, which asks every primary.)
     ///
     /// ```
     /// # use std::time::Duration;
@@ -222,16 +323,58 @@ impl<C> RedisStore<C> {
         self
     }
 
+    /// Makes claims wait for the replicas of
+    /// [`wait_for_replicas`](Self::wait_for_replicas) too (no effect
+    /// without it): a claim lost in a failover would let a retry run a
+    /// second copy of a request still running, so a claim that fewer
+    /// replicas acknowledge in time is released and fails with
+    /// [`StoreError::Unavailable`] (the layer answers `503` with
+    /// `Retry-After`, and the handler does not run). One more round trip per
+    /// new key.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_reissue::RedisStore;
+    /// # fn with(store: RedisStore) -> RedisStore {
+    /// store
+    ///     .wait_for_replicas(1, Duration::from_millis(200))
+    ///     .wait_on_claims(true)
+    /// # }
+    /// ```
+    pub fn wait_on_claims(self, wait: bool) -> Self {
+        Self {
+            wait_claims: wait,
+            ..self
+        }
+    }
+
     /// The connection the store sends its commands over.
     pub fn connection(&self) -> &C {
         self.client.connection()
     }
 
+    /// The name of the Redis key that holds `key`'s record (see
+    /// [Keys](#keys)), to look at it with `redis-cli` or to find its slot.
+    ///
+    /// ```
+    /// use tower_reissue::RedisStore;
+    /// use tower_reissue::idempotency::store::RecordKey;
+    ///
+    /// # fn with(store: RedisStore) {
+    /// let name = store.prefix("p").key_of(&RecordKey::new("alice", "order-17"));
+    /// assert!(name.starts_with("p:{") && name.ends_with("}:alice:order-17"));
+    /// # }
+    /// ```
+    pub fn key_of(&self, key: &RecordKey) -> String {
+        self.record_key(key)
+    }
+
     fn record_key(&self, key: &RecordKey) -> String {
+        use std::fmt::Write as _;
         let (prefix, principal) = (self.client.key_prefix(), key.principal());
-        let mut out = String::with_capacity(prefix.len() + principal.len() + key.key().len() + 2);
+        let mut out = String::with_capacity(prefix.len() + principal.len() + key.key().len() + 22);
         out.push_str(prefix);
-        out.push(':');
+        let _ = write!(out, ":{{{:016x}}}:", key.stable_hash());
         for c in principal.chars() {
             match c {
                 '%' => out.push_str("%25"),
@@ -243,10 +386,6 @@ impl<C> RedisStore<C> {
         out.push_str(key.key());
         out
     }
-
-    fn counter_key(&self) -> String {
-        format!("{}:fencing-token", self.client.key_prefix())
-    }
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -254,6 +393,7 @@ impl<C> fmt::Debug for RedisStore<C> {
         self.client
             .debug(f, "RedisStore")
             .field("replicas", &self.replicas)
+            .field("wait_claims", &self.wait_claims)
             .finish_non_exhaustive()
     }
 }
@@ -279,7 +419,7 @@ where
             .client
             .run(|mut connection| async move {
                 let mut invocation = script.key(record);
-                invocation.arg(token.get());
+                invocation.arg(token_arg(token));
                 for arg in args {
                     invocation.arg(*arg);
                 }
@@ -293,18 +433,21 @@ where
         }
     }
 
-    /// `WAIT`s for the writes sent so far on this store's connection (the
-    /// completion among them) to reach `replicas` replicas.
+    /// `WAIT`s on the server holding `record` for the writes sent so far on
+    /// this store's connection to it (the claim or completion among them) to
+    /// reach `replicas` replicas; whether they did.
     async fn wait_for(
         &self,
-        key: &RecordKey,
+        record: &str,
         replicas: u32,
         timeout: Duration,
-    ) -> Result<(), StoreError> {
-        let mut connection = self.client.connection().clone();
-        let mut command = ::redis::cmd("WAIT");
-        command.arg(replicas).arg(positive_millis(timeout));
-        let wait = command.query_async::<i64>(&mut connection);
+    ) -> Result<bool, StoreError> {
+        let wait = wait_on_key(
+            self.client.connection(),
+            record,
+            replicas,
+            positive_millis(timeout),
+        );
         let acknowledged =
             match tokio::time::timeout(self.client.call_timeout() + timeout, wait).await {
                 Ok(Ok(acknowledged)) => acknowledged,
@@ -316,15 +459,7 @@ where
                     )));
                 }
             };
-        if acknowledged < i64::from(replicas) {
-            tracing::warn!(
-                key = key.key(),
-                acknowledged,
-                replicas,
-                "idempotent result stored on the Redis primary but not on enough replicas in time: a failover now could lose it"
-            );
-        }
-        Ok(())
+        Ok(acknowledged >= i64::from(replicas))
     }
 }
 
@@ -338,20 +473,40 @@ where
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let (record, counter) = (self.record_key(key), self.counter_key());
+        let record = self.record_key(key);
+        // The token's low bits; Redis's clock gives the rest (see
+        // `claim.lua`).
+        let random = rand::random::<u64>() & ((1 << RANDOM_BITS) - 1);
         let value = self
             .client
-            .run(|mut connection| async move {
-                CLAIM_SCRIPT
-                    .key(record)
-                    .key(counter)
-                    .arg(&fingerprint.as_bytes()[..])
-                    .arg(positive_millis(lease))
-                    .invoke_async(&mut connection)
-                    .await
+            .run(|mut connection| {
+                let record = &record;
+                async move {
+                    CLAIM_SCRIPT
+                        .key(record)
+                        .arg(&fingerprint.as_bytes()[..])
+                        .arg(positive_millis(lease))
+                        .arg(random)
+                        .invoke_async(&mut connection)
+                        .await
+                }
             })
             .await?;
-        parse_claim(value)
+        let claim = parse_claim(value, random)?;
+        if let (Claim::Acquired(token), true, Some((replicas, timeout))) =
+            (&claim, self.wait_claims, self.replicas)
+        {
+            let token = *token;
+            if !self.wait_for(&record, replicas, timeout).await? {
+                // Not on enough replicas: a failover now would forget the
+                // claim while its handler runs. Give it back and refuse.
+                let _ = self.fenced(&RELEASE_SCRIPT, key, token, &[]).await;
+                return Err(StoreError::unavailable(std::io::Error::other(format!(
+                    "claim not acknowledged by {replicas} Redis replica(s) within {timeout:?}"
+                ))));
+            }
+        }
+        Ok(claim)
     }
 
     async fn complete(
@@ -366,7 +521,16 @@ where
         self.fenced(&COMPLETE_SCRIPT, key, token, &[&outcome, ttl.as_bytes()])
             .await?;
         if let Some((replicas, timeout)) = self.replicas {
-            self.wait_for(key, replicas, timeout).await?;
+            if !self
+                .wait_for(&self.record_key(key), replicas, timeout)
+                .await?
+            {
+                tracing::warn!(
+                    key = key.key(),
+                    replicas,
+                    "idempotent result stored on the Redis primary but not on enough replicas in time: a failover now could lose it"
+                );
+            }
         }
         Ok(())
     }
@@ -407,14 +571,17 @@ mod tests {
     #[test]
     fn principals_cannot_forge_another_scope() {
         let store = RedisStore::from_connection(()).prefix("p");
-        assert_eq!(store.record_key(&RecordKey::new("alice", "k")), "p:alice:k");
+        let name = |principal: &str, key: &str| {
+            let key = RecordKey::new(principal, key);
+            let tag = format!("p:{{{:016x}}}:", key.stable_hash());
+            let name = store.record_key(&key);
+            assert!(name.starts_with(&tag), "{name}");
+            name[tag.len()..].to_owned()
+        };
+        assert_eq!(name("alice", "k"), "alice:k");
         // Without escaping, ("a:b", "c") and ("a", "b:c") would share a key.
-        assert_eq!(store.record_key(&RecordKey::new("a:b", "c")), "p:a%3Ab:c");
-        assert_eq!(store.record_key(&RecordKey::new("a", "b:c")), "p:a:b:c");
-        assert_eq!(
-            store.record_key(&RecordKey::new("a%3Ab", "c")),
-            "p:a%253Ab:c"
-        );
-        assert_eq!(store.counter_key(), "p:fencing-token");
+        assert_eq!(name("a:b", "c"), "a%3Ab:c");
+        assert_eq!(name("a", "b:c"), "a:b:c");
+        assert_eq!(name("a%3Ab", "c"), "a%253Ab:c");
     }
 }
