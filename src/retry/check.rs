@@ -2,17 +2,16 @@
 //! [`ReconcileFirst`](super::reconcile::ReconcileFirst)): the retry future's
 //! first state when a request asks for it.
 
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::time::Instant;
 
 use super::GiveUpReason;
 use super::RetryLayer;
 use super::reconcile::{
-    AlreadyApplied, NotSent, Probe, ReconcileFirst, ReconcileRequest, ReconcileTimedOut,
-    Reconciled, Settled,
+    AlreadyApplied, NotSent, Probe, ReconcileFirst, ReconcileRequest, Reconciled, Settled,
 };
-use super::timer::{Timer, arm, attempt_ends, expired};
+use super::timer::{Timer, arm, attempt_ends, poll_answer};
 use crate::BoxError;
 use crate::classify::RequestView;
 use crate::request::RequestTemplate;
@@ -45,11 +44,7 @@ impl<A> Check<A> {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Checked<A>> {
         let answer = match &mut self.probe {
             Err(reason) => Err(*reason),
-            Ok(probe) => Ok(match probe.as_mut().poll(cx) {
-                Poll::Ready(answer) => answer,
-                Poll::Pending if !expired(&mut self.timer, cx) => return Poll::Pending,
-                Poll::Pending => Err(Box::new(ReconcileTimedOut) as BoxError),
-            }),
+            Ok(probe) => Ok(ready!(poll_answer(probe, &mut self.timer, cx))),
         };
         Poll::Ready(Checked {
             answer,

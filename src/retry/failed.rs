@@ -10,12 +10,12 @@ use tower_service::Service;
 use super::check::{self, Checked, Stop};
 use super::decide::{self, Next};
 use super::future::{ResponseFuture, ResponseFutureProj, State, StateProj};
-use super::reconcile::{self, Probe, ReconcileTimedOut, Reconciled, Settled};
+use super::reconcile::{self, Probe, Reconciled, Settled};
 use super::report::{self, give_up, outcome_of, with_attempts};
-use super::timer::{Timer, arm, attempt_ends, expired, rearm};
+use super::timer::{Timer, arm, attempt_ends, poll_answer, rearm};
 use super::{Attempts, GiveUpReason};
 use crate::BoxError;
-use crate::classify::Classifier;
+use crate::classify::{Classifier, Outcome, RequestView};
 use crate::request::{RequestTemplate, RetryResponse};
 use crate::telemetry;
 use crate::{Processed, Verdict};
@@ -56,11 +56,7 @@ pub(super) fn poll_probe<R>(
     let Some(reconciling) = reconciling else {
         return Poll::Ready(Err("the reconciled attempt's result is gone".into()));
     };
-    Poll::Ready(match reconciling.probe.as_mut().poll(cx) {
-        Poll::Ready(answer) => answer,
-        Poll::Pending if !expired(&mut reconciling.timer, cx) => return Poll::Pending,
-        Poll::Pending => Err(Box::new(ReconcileTimedOut) as BoxError),
-    })
+    poll_answer(&mut reconciling.probe, &mut reconciling.timer, cx)
 }
 
 /// Sends the next attempt once the service is ready: `Some` when it gives
@@ -139,14 +135,7 @@ where
     let error_type = this.span.ended(&request, &outcome, verdict);
     // The decision's events belong to this attempt's span.
     let entered = this.span.enter();
-    let next = decide::next(
-        this.config,
-        &*this.template,
-        &request,
-        &outcome,
-        verdict,
-        this.progress,
-    );
+    let next = decide_next(&this, &request, &outcome, verdict);
     drop(entered);
     act(&mut this, next, result, verdict, error_type.as_ref(), timer)
 }
@@ -194,14 +183,7 @@ where
                 retry_after: verdict.retry_after(),
             };
             let outcome = outcome_of(&result);
-            let next = decide::next(
-                this.config,
-                &*this.template,
-                &request,
-                &outcome,
-                verdict,
-                this.progress,
-            );
+            let next = decide_next(&this, &request, &outcome, verdict);
             drop(entered);
             let error_type = telemetry::ErrorType::of(&outcome);
             return act(&mut this, next, result, verdict, Some(&error_type), timer);
@@ -256,6 +238,27 @@ where
         timer: rearm(timer, ends),
     });
     None
+}
+
+/// The decision about the attempt that ended with `verdict`.
+fn decide_next<S, T, C>(
+    this: &ResponseFutureProj<'_, S, T, C>,
+    request: &RequestView<'_>,
+    outcome: &Outcome<'_>,
+    verdict: Verdict,
+) -> Next
+where
+    S: Service<T::Attempt>,
+    T: RequestTemplate,
+{
+    decide::next(
+        this.config,
+        &*this.template,
+        request,
+        outcome,
+        verdict,
+        this.progress,
+    )
 }
 
 /// Carries out the decision about a failed attempt.

@@ -3,10 +3,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
+use super::reconcile::{Probe, ReconcileTimedOut, Reconciled};
 use crate::BoxError;
 
 /// A timer, boxed and made on first use so that the success path without
@@ -48,6 +49,19 @@ pub(super) fn expired(timer: &mut Timer, cx: &mut Context<'_>) -> bool {
     timer
         .as_mut()
         .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+}
+
+/// A reconciler's answer, or [`ReconcileTimedOut`] once `timer` fires.
+pub(super) fn poll_answer(
+    probe: &mut Probe,
+    timer: &mut Timer,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Reconciled, BoxError>> {
+    Poll::Ready(match probe.as_mut().poll(cx) {
+        Poll::Ready(answer) => answer,
+        Poll::Pending if !expired(timer, cx) => return Poll::Pending,
+        Poll::Pending => Err(Box::new(ReconcileTimedOut) as BoxError),
+    })
 }
 
 /// The error of an attempt its timer cut short.
