@@ -155,13 +155,10 @@ async fn failover_run(cluster: &mut RedisCluster, which: usize, wait: bool) -> R
         "the replica did not take the slots over"
     );
 
-    // Every client retries until answered, through a second instance that
-    // connected after the failover. (The first instance's connection
-    // usually follows the failover too, but in about one run in three the
-    // redis crate's cluster connection stays wedged, every command to every
-    // node timing out: printed below, not relied on.)
-    let first = app;
-    let (store, app) = instance(cluster.urls()).await;
+    // Every client retries until answered, through the same instance: its
+    // cluster connection follows the failover (or, where the redis crate's
+    // connection deadlocked, the store replaces it; see `docs::redis`).
+    let recovering = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut pending: Vec<String> = keys.clone();
     while !pending.is_empty() {
@@ -196,13 +193,10 @@ async fn failover_run(cluster: &mut RedisCluster, which: usize, wait: bool) -> R
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let probe = keys_on(&store, master, 1, "probe-first");
-    let request = Request::post("/charges")
-        .header("idempotency-key", &probe[0])
-        .body(Body::empty())
-        .unwrap();
-    let status = first.oneshot(request).await.unwrap().status();
-    println!("the first instance, after the failover: {status}");
+    println!(
+        "the instance answered every key again {:?} after the failover",
+        recovering.elapsed()
+    );
 
     let runs = runs.0.lock().unwrap().clone();
     for key in &keys {

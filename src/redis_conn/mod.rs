@@ -5,10 +5,11 @@
 mod client;
 mod reply;
 
-pub(crate) use client::RedisClient;
+pub(crate) use client::{Connect, RedisClient};
 pub(crate) use reply::{ReplyError, millis};
 
 use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -32,11 +33,19 @@ pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, Redi
 }
 
 /// A [`ClusterConnection`] to the cluster that `nodes` belong to, with
-/// [`cluster_builder`]'s settings.
-pub(crate) async fn connect_cluster<T: IntoConnectionInfo>(
+/// [`cluster_builder`]'s settings, and how to connect again the same way: for a
+/// [`RedisClient::renewed_by`], which replaces a cluster connection that
+/// stopped answering (see `client::Renewal`).
+pub(crate) async fn connect_cluster_renewable<T: IntoConnectionInfo>(
     nodes: impl IntoIterator<Item = T>,
-) -> Result<ClusterConnection, RedisError> {
-    cluster_builder(nodes).build()?.get_async_connection().await
+) -> Result<(ClusterConnection, Connect<ClusterConnection>), RedisError> {
+    let client = cluster_builder(nodes).build()?;
+    let connection = client.get_async_connection().await?;
+    let connect: Connect<ClusterConnection> = Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move { client.get_async_connection().await })
+    });
+    Ok((connection, connect))
 }
 
 /// The cluster counterpart of [`manager_config`]: a connection attempt and

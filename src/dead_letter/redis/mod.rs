@@ -18,7 +18,9 @@ use super::{
 };
 use crate::error::BoxError;
 use crate::error::Corrupt;
-use crate::redis_conn::{RedisClient, ReplyError, connect_cluster, connect_manager, millis};
+use crate::redis_conn::{
+    RedisClient, ReplyError, connect_cluster_renewable, connect_manager, millis,
+};
 
 /// How many finished entries one purge script deletes: Redis runs a script
 /// to its end before serving anyone else, so a large purge goes in steps.
@@ -132,7 +134,11 @@ impl RedisQueue<ClusterConnection> {
     pub async fn connect_cluster<T: IntoConnectionInfo>(
         nodes: impl IntoIterator<Item = T>,
     ) -> Result<Self, RedisError> {
-        Ok(Self::from_connection(connect_cluster(nodes).await?))
+        // Renewed like the store's: see `RedisStore::connect_cluster`.
+        let (connection, connect) = connect_cluster_renewable(nodes).await?;
+        let mut queue = Self::from_connection(connection);
+        queue.client = queue.client.renewed_by(connect);
+        Ok(queue)
     }
 }
 

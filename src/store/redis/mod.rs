@@ -16,7 +16,8 @@ use super::{
 };
 use crate::error::BoxError;
 use crate::redis_conn::{
-    RedisClient, ReplyError, cluster_builder, connect_cluster, connect_manager, millis, wait_on_key,
+    RedisClient, ReplyError, cluster_builder, connect_cluster_renewable, connect_manager, millis,
+    wait_on_key,
 };
 
 // One Lua script per operation; what each takes and returns is at the top
@@ -198,6 +199,13 @@ impl RedisStore<ClusterConnection> {
     ///
     /// Fails if a URL is invalid or no node answers.
     ///
+    /// Once the store's calls have gone unanswered (timed out, connection
+    /// lost), none answered, for twice its
+    /// [`timeout`](RedisStore::timeout), it replaces the connection with a
+    /// new one to the same nodes: the redis crate's cluster connection can
+    /// deadlock for good in a failover, every command to every node timing
+    /// out (see `docs::redis`).
+    ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), redis::RedisError> {
@@ -213,7 +221,10 @@ impl RedisStore<ClusterConnection> {
     pub async fn connect_cluster<T: IntoConnectionInfo>(
         nodes: impl IntoIterator<Item = T>,
     ) -> Result<Self, RedisError> {
-        Ok(Self::from_connection(connect_cluster(nodes).await?))
+        let (connection, connect) = connect_cluster_renewable(nodes).await?;
+        let mut store = Self::from_connection(connection);
+        store.client = store.client.renewed_by(connect);
+        Ok(store)
     }
 
     /// The cluster client settings [`connect_cluster`](Self::connect_cluster)
@@ -348,7 +359,9 @@ impl<C> RedisStore<C> {
         }
     }
 
-    /// The connection the store sends its commands over.
+    /// The connection the store sends its commands over (for a store from
+    /// [`connect_cluster`](RedisStore::connect_cluster), the one it was made
+    /// with: after the store replaced it, no longer the one it uses).
     pub fn connection(&self) -> &C {
         self.client.connection()
     }
@@ -442,17 +455,20 @@ where
         replicas: u32,
         timeout: Duration,
     ) -> Result<bool, StoreError> {
-        let wait = wait_on_key(
-            self.client.connection(),
-            record,
-            replicas,
-            positive_millis(timeout),
-        );
+        let connection = self.client.current_connection();
+        let wait = wait_on_key(&connection, record, replicas, positive_millis(timeout));
         let acknowledged =
             match tokio::time::timeout(self.client.call_timeout() + timeout, wait).await {
-                Ok(Ok(acknowledged)) => acknowledged,
-                Ok(Err(err)) => return Err(StoreError::unavailable(err)),
+                Ok(Ok(acknowledged)) => {
+                    self.client.record(true);
+                    acknowledged
+                }
+                Ok(Err(err)) => {
+                    self.client.record(!(err.is_io_error() || err.is_timeout()));
+                    return Err(StoreError::unavailable(err));
+                }
                 Err(_) => {
+                    self.client.record(false);
                     return Err(StoreError::unavailable(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "redis did not answer WAIT in time",
