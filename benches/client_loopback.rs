@@ -18,6 +18,8 @@
 //! the variant named, for a profiler (instructions per request under
 //! callgrind: the difference of two `ROUNDS`, over the requests between).
 
+#[path = "common/loopback.rs"]
+mod loopback;
 mod retry_peers;
 
 use bytes::Bytes;
@@ -25,13 +27,11 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
+use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 use tower_reissue::{IdempotencyKeyLayer, RetryLayer};
 
@@ -122,23 +122,11 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// A hyper server that reads each request's body and answers 200 `ok`.
 async fn serve() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                let _ = req.into_body().collect().await;
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    loopback::serve(|req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await
 }
 
 /// Runs `client` for a round: `IN_FLIGHT` tasks, each sending its share of

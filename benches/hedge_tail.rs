@@ -35,20 +35,21 @@
 //! slowest of the fast answers, so p99.5 is printed too, well inside it.
 //! `VERBOSE=1` prints every run.
 
+#[path = "common/loopback.rs"]
+mod loopback;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
+use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_reissue::{BoxError, HedgeLayer, ReplayBody};
 
@@ -209,28 +210,15 @@ impl Figures {
 /// A server whose every `SLOW_EVERY`th request (counted in `received`, over
 /// all connections) answers after `SLOW`, every other after `FAST`.
 async fn serve(received: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let received = received.clone();
-            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let n = received.fetch_add(1, Ordering::Relaxed) + 1;
-                async move {
-                    let took = if n % SLOW_EVERY == 0 { SLOW } else { FAST };
-                    tokio::time::sleep(took).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    loopback::serve(move |_req| {
+        let n = received.fetch_add(1, Ordering::Relaxed) + 1;
+        async move {
+            let took = if n % SLOW_EVERY == 0 { SLOW } else { FAST };
+            tokio::time::sleep(took).await;
+            Response::new(Full::new(Bytes::from_static(b"ok")))
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// One run: `requests` GETs, `IN_FLIGHT` tasks each sending its share one
