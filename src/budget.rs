@@ -33,7 +33,7 @@
 //! second it adds 0.01 attempts per request, 0.028 throttled.
 //!
 //! `throttled_cost(1.0)` charges throttling like a failure, and caps both
-//! at 1.2x.
+//! at 1.2x (plus the floor's share).
 
 use http::Uri;
 use std::fmt;

@@ -10,8 +10,9 @@ const SLOTS: usize = 10;
 
 /// A slot packs the epoch it was last written in (high 24 bits) with a signed
 /// balance (low 40 bits), so a stale slot is recognised and reset by the same
-/// compare-and-swap that writes to it. 40 bits hold over five billion
-/// requests per slot; 24 bits of epoch wrap after 2^24 slots (194 days at the
+/// compare-and-swap that writes to it. 40 bits hold 2^39 units per slot:
+/// 390 million requests for the retry budget (1,400 units each), over
+/// five hundred billion for the breaker's counts; 24 bits of epoch wrap after 2^24 slots (194 days at the
 /// default one-second slots), and the wrapping comparisons stay correct
 /// across the wrap.
 const EPOCH_BITS: u32 = 24;

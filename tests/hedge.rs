@@ -356,8 +356,19 @@ async fn no_hedge_goes_out_while_the_breaker_is_open() {
         .break_duration(Duration::from_secs(60))
         .max_break_duration(Duration::from_secs(60))
         .build();
+    // Counts what the hedge layer hands the breaker for `/during`: a hedge
+    // the breaker refuses never reaches the server, so the server's count
+    // alone would not show it was sent.
+    let handed = Arc::new(AtomicUsize::new(0));
+    let counting = handed.clone();
     let client = ServiceBuilder::new()
         .layer(HedgeLayer::new(DELAY).breaker(&breaker))
+        .map_request(move |request: Request<Body_>| {
+            if request.uri().path() == "/during" {
+                counting.fetch_add(1, Ordering::SeqCst);
+            }
+            request
+        })
         .layer(breaker.clone())
         .service(common::client::<Body_>());
 
@@ -403,6 +414,11 @@ async fn no_hedge_goes_out_while_the_breaker_is_open() {
     assert_eq!(text(response).await, "copy 1");
     assert_eq!(count_on(&server, "/during"), 1);
     assert_eq!(server.count(), seen_before);
+    assert_eq!(
+        handed.load(Ordering::SeqCst),
+        1,
+        "no hedge handed to the breaker"
+    );
 }
 
 /// A body sent in chunks as the test releases them: never whole, so only
@@ -446,6 +462,32 @@ async fn a_body_still_streaming_is_not_copied() {
     assert_eq!(attempts(&response), 1);
     assert_eq!(server.count(), 1);
     assert_eq!(server.seen()[0].body, "part 1, part 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_read_to_its_end_is_copied() {
+    // The control of the test above: the same kind of body, released whole
+    // before the hedge is due, so the first copy has read it to its end.
+    let server = first_stalls().await;
+    let _clock = ManualClock::hold().await;
+    let client = HedgeLayer::new(DELAY).layer(common::client::<ReplayBody<Trickle>>());
+
+    let (chunks, rx) = tokio::sync::mpsc::channel(4);
+    let (body, _) = ReplayBody::new(Trickle(rx), 64 * 1024);
+    let put = Request::put(server.url("/files/8")).body(body).unwrap();
+    chunks.send(Bytes::from_static(b"part 1, ")).await.unwrap();
+    chunks.send(Bytes::from_static(b"part 2")).await.unwrap();
+    drop(chunks);
+    let call = tokio::spawn(client.oneshot(put));
+    until_seen(&server, 1).await;
+    tokio::time::advance(DELAY + TICK).await;
+    let response: Result<Response<Incoming>, BoxError> = call.await.unwrap();
+    let response = response.unwrap();
+    assert_eq!(attempts(&response), 2);
+    assert_eq!(text(response).await, "copy 2");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|request| request.body == "part 1, part 2"));
 }
 
 /// The hedges counter, read back with `metrics-util`'s debugging recorder

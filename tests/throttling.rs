@@ -393,6 +393,12 @@ async fn a_total_outage_stays_within_the_budget_cap() {
              {refused} requests stopped by the budget"
         );
         assert!(per_request <= bound, "{status}: {per_request} > {bound}");
+        // And the budget is what stops it, at its cost: a 429 charged like a
+        // failure would stop near 1.2x.
+        assert!(
+            per_request > bound - 0.05,
+            "{status}: {per_request} well under {bound}"
+        );
         assert!(refused > 0, "{status}: the budget never refused a retry");
 
         let (attempts, refused, took) = outage(

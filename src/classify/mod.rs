@@ -25,7 +25,7 @@
 //! | [`CircuitOpen`](crate::circuit::CircuitOpen) (refused by an open breaker) | `Transient`, processed `No`, `retry_after` = time left in the break |
 //! | any other error | `Permanent` |
 //! | on a 4xx/5xx: `x-should-retry: false` / `Stripe-Should-Retry: false` | `Permanent` (overrides) |
-//! | on a 4xx/5xx: `x-should-retry: true` / `Stripe-Should-Retry: true` | `Transient` (overrides) |
+//! | on a 4xx/5xx: `x-should-retry: true` / `Stripe-Should-Retry: true` | retryable (overrides): `Transient`, or `Throttled` where the status's rule says so |
 //!
 //! The server's requested delay (`retry_after`) is read from `retry-after-ms`,
 //! then `Retry-After` (delay-seconds or HTTP-date), then any header registered
@@ -109,8 +109,8 @@ pub enum Processed {
 ///
 /// The enum is `#[non_exhaustive]`: a classifier outside this crate keeps
 /// compiling as variants are added (it builds the variants it knows, and a
-/// `match` on a verdict ends with a `_` arm). [`Throttled`](Verdict::Throttled)
-/// arrived that way.
+/// `match` on a verdict ends with a `_` arm). It was made so together with
+/// [`Throttled`](Verdict::Throttled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Verdict {

@@ -123,7 +123,11 @@ where
         template: HttpTemplate<B>,
         config: Arc<HedgeLayer<C>>,
     ) -> Self {
-        let due = crate::time::after(config.delay());
+        // One clock read for both: `after` would read it again.
+        let first_sent = Instant::now();
+        let due = first_sent
+            .checked_add(config.delay())
+            .unwrap_or_else(|| crate::time::after(config.delay()));
         ResponseFuture {
             first: First::Running { future },
             race: Some(Box::pin(Race {
@@ -131,7 +135,7 @@ where
                 config,
                 service,
                 template,
-                first_sent: Instant::now(),
+                first_sent,
                 sent: 1,
                 more: true,
                 readying: None,

@@ -4,7 +4,8 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
 use redis::{RedisError, Value};
@@ -175,9 +176,11 @@ pub(crate) type Connect<C> =
 pub(crate) struct Renewal<C> {
     current: ArcSwap<C>,
     connect: Connect<C>,
-    /// When the last call succeeded, or the connection was last replaced,
-    /// in milliseconds since `epoch`.
-    last_ok: AtomicU64,
+    /// When the first of the calls unanswered since the last answer ended,
+    /// in milliseconds since `epoch` plus one (0: the last call was
+    /// answered). Counting from the first failure, not the last success, so
+    /// that one failure after a quiet hour replaces nothing.
+    failing_since: AtomicU64,
     renewing: AtomicBool,
     epoch: Instant,
 }
@@ -187,31 +190,52 @@ impl<C: Clone + Send + Sync + 'static> Renewal<C> {
         Self {
             current: ArcSwap::from_pointee(connection),
             connect,
-            last_ok: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
             renewing: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
 
+    /// Milliseconds since `epoch`, plus one so that 0 means "none".
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
     }
 
     fn record(self: &Arc<Self>, succeeded: bool, timeout: Duration) {
-        let now = self.now();
         if succeeded {
-            self.last_ok.store(now, Ordering::Relaxed);
+            // Read first: under load every call answers, and a store to the
+            // shared line on every one would make the cores take turns.
+            if self.failing_since.load(Ordering::Relaxed) != 0 {
+                self.failing_since.store(0, Ordering::Relaxed);
+            }
             return;
         }
+        let now = self.now();
+        let since =
+            match self
+                .failing_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(since) => since,
+            };
         let quiet = u64::try_from(timeout.as_millis().saturating_mul(2)).unwrap_or(u64::MAX);
-        if now.saturating_sub(self.last_ok.load(Ordering::Relaxed)) < quiet
-            || self.renewing.swap(true, Ordering::AcqRel)
-        {
+        if now.saturating_sub(since) < quiet || self.renewing.swap(true, Ordering::AcqRel) {
             return;
         }
         let renewal = Arc::clone(self);
         tokio::spawn(async move {
-            match (renewal.connect)().await {
+            // A connection attempt that hangs must not stop every later one.
+            let connected = tokio::time::timeout(quiet_duration(timeout), (renewal.connect)())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )))
+                });
+            match connected {
                 Ok(connection) => {
                     renewal.current.store(Arc::new(connection));
                     tracing::warn!(
@@ -223,8 +247,113 @@ impl<C: Clone + Send + Sync + 'static> Renewal<C> {
                 }
             }
             // Either way, wait another period before the next attempt.
-            renewal.last_ok.store(renewal.now(), Ordering::Relaxed);
+            renewal.failing_since.store(0, Ordering::Relaxed);
             renewal.renewing.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Twice the call timeout: how long calls go unanswered before the
+/// connection is replaced, and how long a replacement may take to connect.
+fn quiet_duration(timeout: Duration) -> Duration {
+    timeout.saturating_mul(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use std::sync::atomic::AtomicU32;
+
+    /// A connection that is only a number: which connection a call went
+    /// over.
+    type Numbered = u32;
+
+    fn renewed(connects: Arc<AtomicU32>) -> RedisClient<Numbered, StoreError> {
+        let connect: Connect<Numbered> = Arc::new(move || {
+            let n = connects.fetch_add(1, Ordering::SeqCst) + 1;
+            Box::pin(async move { Ok(n) })
+        });
+        RedisClient::new(0, "p")
+            .timeout(Duration::from_secs(1))
+            .renewed_by(connect)
+    }
+
+    async fn call(client: &RedisClient<Numbered, StoreError>, answers: bool) -> Numbered {
+        let mut over = None;
+        let _ = client
+            .run(|connection| {
+                over = Some(connection);
+                async move {
+                    if answers {
+                        Ok(Value::Okay)
+                    } else {
+                        Err(RedisError::from(std::io::Error::from(
+                            std::io::ErrorKind::ConnectionReset,
+                        )))
+                    }
+                }
+            })
+            .await;
+        over.unwrap()
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_unanswered_for_twice_the_timeout_is_replaced_once() {
+        let connects = Arc::new(AtomicU32::new(0));
+        let client = renewed(connects.clone());
+        // A quiet hour, then one failure: nothing is replaced.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(call(&client, false).await, 0);
+        settle().await;
+        assert_eq!(connects.load(Ordering::SeqCst), 0);
+        // Failures for less than twice the timeout: still the first one.
+        tokio::time::advance(Duration::from_millis(1_900)).await;
+        call(&client, false).await;
+        settle().await;
+        assert_eq!(connects.load(Ordering::SeqCst), 0);
+        // Past it, many failing calls at once make one new connection.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        for _ in 0..5 {
+            call(&client, false).await;
+        }
+        settle().await;
+        assert_eq!(connects.load(Ordering::SeqCst), 1);
+        assert_eq!(call(&client, true).await, 1, "calls go over the new one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_restarts_the_count() {
+        let connects = Arc::new(AtomicU32::new(0));
+        let client = renewed(connects.clone());
+        call(&client, false).await;
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        call(&client, true).await;
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        call(&client, false).await;
+        settle().await;
+        assert_eq!(
+            connects.load(Ordering::SeqCst),
+            0,
+            "never 2 s without an answer"
+        );
+        assert_eq!(call(&client, true).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_without_renewal_keeps_its_connection() {
+        let client: RedisClient<Numbered, StoreError> =
+            RedisClient::new(7, "p").timeout(Duration::from_secs(1));
+        call(&client, false).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        call(&client, false).await;
+        settle().await;
+        assert_eq!(call(&client, true).await, 7);
     }
 }

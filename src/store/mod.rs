@@ -54,7 +54,9 @@ use std::time::Duration;
 ///   changes a live record.
 /// * **Fencing.** Every successful claim returns a [`FencingToken`] that has
 ///   never been returned before for that key (a store-wide counter that only
-///   grows is the usual choice). [`complete`](Self::complete),
+///   grows is the usual choice; a store without one can make it from its
+///   own clock, which the claims of one key follow, and random bits, as
+///   `RedisStore` does). [`complete`](Self::complete),
 ///   [`renew`](Self::renew) and [`release`](Self::release) succeed only when
 ///   the key's record is in flight, **live**, and was acquired with exactly
 ///   that token; otherwise they change nothing and return
@@ -85,8 +87,9 @@ use std::time::Duration;
 /// # Implementing a store
 ///
 /// A shared store maps each operation to one atomic step: for Redis a Lua
-/// script (`RedisStore`, feature `redis`: a token counter and `PEXPIRE` for
-/// `claim`, token-checking scripts for the others); for SQL an `INSERT ... ON CONFLICT` plus
+/// script (`RedisStore`, feature `redis`: a token from Redis's clock and
+/// random bits and `PEXPIRE` for `claim`, token-checking scripts for the
+/// others); for SQL an `INSERT ... ON CONFLICT` plus
 /// `UPDATE ... WHERE token = $1 AND lease_end > now()`. [`StoredOutcome::to_bytes`]
 /// and [`StoredOutcome::from_bytes`] give a compact encoding of a stored result, and
 /// [`Fingerprint::as_bytes`] / [`Fingerprint::from_bytes`] one for the

@@ -35,9 +35,21 @@ const PRELUDE: &str = include_str!("prelude.lua");
 const TAKE: &str = include_str!("take.lua");
 
 fn script(body: &str) -> Script {
+    script_with("", body)
+}
+
+/// A script with shebang `flags`: `flags=no-writes` for one that only reads
+/// (it then runs while Redis refuses writes), `flags=allow-oom` for one that
+/// only deletes (it then runs at `maxmemory`, where it frees memory).
+fn script_with(flags: &str, body: &str) -> Script {
     let fields: Vec<String> = FIELDS.iter().map(|f| format!("'{f}'")).collect();
+    let shebang = if flags.is_empty() {
+        "#!lua".to_owned()
+    } else {
+        format!("#!lua {flags}")
+    };
     Script::new(&format!(
-        "#!lua\nlocal FIELDS = {{{}}}\n{PRELUDE}{body}",
+        "{shebang}\nlocal FIELDS = {{{}}}\n{PRELUDE}{body}",
         fields.join(", ")
     ))
 }
@@ -49,6 +61,9 @@ pub(super) static LEASE_ONE: LazyLock<Script> =
     LazyLock::new(|| script(&[TAKE, include_str!("lease_one.lua")].concat()));
 pub(super) static FINISH: LazyLock<Script> = LazyLock::new(|| script(include_str!("finish.lua")));
 pub(super) static DISCARD: LazyLock<Script> = LazyLock::new(|| script(include_str!("discard.lua")));
-pub(super) static PAGE: LazyLock<Script> = LazyLock::new(|| script(include_str!("page.lua")));
-pub(super) static COUNTS: LazyLock<Script> = LazyLock::new(|| script(include_str!("counts.lua")));
-pub(super) static PURGE: LazyLock<Script> = LazyLock::new(|| script(include_str!("purge.lua")));
+pub(super) static PAGE: LazyLock<Script> =
+    LazyLock::new(|| script_with("flags=no-writes", include_str!("page.lua")));
+pub(super) static COUNTS: LazyLock<Script> =
+    LazyLock::new(|| script_with("flags=no-writes", include_str!("counts.lua")));
+pub(super) static PURGE: LazyLock<Script> =
+    LazyLock::new(|| script_with("flags=allow-oom", include_str!("purge.lua")));

@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=allow-oom
 -- Deletes the record of the claim held with a token.
 --
 -- KEYS: record. ARGV: token (`micros:bits`, see `claim.lua`).

@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=allow-oom
 -- Moves the lease end of the claim held with a token to now + lease.
 --
 -- KEYS: record. ARGV: token (`micros:bits`, see `claim.lua`), lease in ms.
