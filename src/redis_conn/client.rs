@@ -262,14 +262,28 @@ fn quiet_duration(timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
+    use crate::error::{BoxError, Corrupt};
     use std::sync::atomic::AtomicU32;
+
+    /// The owner's error: these tests look only at which connection a call
+    /// went over.
+    #[derive(Debug)]
+    struct Failed;
+
+    impl Corrupt for Failed {
+        const KEEPS: &'static str = "test record";
+        const CORRUPT: fn(String) -> Self = |_| Failed;
+    }
+
+    impl ReplyError for Failed {
+        const UNAVAILABLE: fn(BoxError) -> Self = |_| Failed;
+    }
 
     /// A connection that is only a number: which connection a call went
     /// over.
     type Numbered = u32;
 
-    fn renewed(connects: Arc<AtomicU32>) -> RedisClient<Numbered, StoreError> {
+    fn renewed(connects: Arc<AtomicU32>) -> RedisClient<Numbered, Failed> {
         let connect: Connect<Numbered> = Arc::new(move || {
             let n = connects.fetch_add(1, Ordering::SeqCst) + 1;
             Box::pin(async move { Ok(n) })
@@ -279,7 +293,7 @@ mod tests {
             .renewed_by(connect)
     }
 
-    async fn call(client: &RedisClient<Numbered, StoreError>, answers: bool) -> Numbered {
+    async fn call(client: &RedisClient<Numbered, Failed>, answers: bool) -> Numbered {
         let mut over = None;
         let _ = client
             .run(|connection| {
@@ -348,7 +362,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_without_renewal_keeps_its_connection() {
-        let client: RedisClient<Numbered, StoreError> =
+        let client: RedisClient<Numbered, Failed> =
             RedisClient::new(7, "p").timeout(Duration::from_secs(1));
         call(&client, false).await;
         tokio::time::advance(Duration::from_secs(10)).await;
