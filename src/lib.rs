@@ -174,6 +174,9 @@ pub use dead_letter::RedisQueue;
 pub use dead_letter::SqliteQueue;
 pub use dead_letter::{DeadLetter, DeadLetterQueue, MemoryQueue, Replayer};
 pub use hedge::HedgeLayer;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use idempotency::store::PostgresStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use idempotency::store::RedisStore;

@@ -13,6 +13,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An error type with a variant for stored data this crate cannot decode.
 /// The message is written here, once for every store and queue.
+#[cfg_attr(
+    not(any(feature = "redis", feature = "sqlite", feature = "postgres")),
+    allow(
+        dead_code,
+        reason = "only the stores and queues behind features decode stored data"
+    )
+)]
 pub(crate) trait Corrupt: Sized {
     /// What the owner keeps, leading the message (`redis record`).
     const KEEPS: &'static str;

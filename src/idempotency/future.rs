@@ -16,8 +16,25 @@ use super::body::ResponseBody;
 /// request: one allocation, which also lets the work move to a task of its
 /// own should the caller stop waiting (see [`KeyedWork`]). Requests without a
 /// key are not boxed.
-pub(crate) type KeyedFuture<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+pub(crate) type KeyedFuture<B, E> = Pin<Box<dyn KeyedTask<B, E>>>;
+
+/// A keyed request's work, which can say whether it must be finished when
+/// its caller goes away.
+pub(crate) trait KeyedTask<B, E>:
+    Future<Output = Result<Response<ResponseBody<B>>, E>> + Send
+{
+    /// Whether the work, dropped now, should be driven to its end: true
+    /// unless its handler writes in a transaction, which a drop rolls back
+    /// before releasing the key (nothing took effect, so the retry may run
+    /// at once).
+    fn finish_if_dropped(&self) -> bool;
+}
+
+impl<B, E, T: KeyedTask<B, E>> KeyedTask<B, E> for tracing::instrument::Instrumented<T> {
+    fn finish_if_dropped(&self) -> bool {
+        self.inner().finish_if_dropped()
+    }
+}
 
 /// A keyed request's work, polled inline by the caller.
 ///
@@ -72,6 +89,7 @@ impl<B, E> Drop for KeyedWork<B, E> {
     fn drop(&mut self) {
         if let Some(future) = self.future.take()
             && self.started
+            && future.finish_if_dropped()
         {
             (self.detach)(future);
         }

@@ -17,11 +17,14 @@ use tower_service::Service;
 
 use super::body::{BoxError, ResponseBody};
 use super::buffer::{Buffer, Buffered, read_request_body, replay, stored_response};
+use super::future::KeyedTask;
 use super::layer::Config;
 use super::policy;
 use super::problem::Problem;
 use crate::store::exec::{self, Acquired, Claimed, HeldClaim, Refused, Renewer};
-use crate::store::{Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome};
+use crate::store::{
+    CommitError, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
+};
 use crate::telemetry::{self, ServerOutcome};
 
 /// The work of a request with a key: read and claim ([`prepare`]), run the
@@ -42,17 +45,22 @@ pub(super) fn run_keyed<S, St, ReqBody, ResBody>(
     record: RecordKey,
     parts: Parts,
     body: ReqBody,
-) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
+) -> impl KeyedTask<ResBody, S::Error>
 where
-    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     St: IdempotencyStore,
-    ReqBody: Body<Data = Bytes>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     Keyed {
         inner: Some(inner),
+        transactional: false,
         settle: settle::<St, ResBody, S::Error>,
         stage: Stage::Prepare {
             future: prepare(store, config.clone(), record, parts, body),
@@ -98,15 +106,24 @@ where
             Ok(token) => token,
             Err(answer) => return Prepared::Answered(answer),
         };
-        let request = Request::from_parts(parts, Either::Left(Full::new(body)));
-        match token {
+        let mut request = Request::from_parts(parts, Either::Left(Full::new(body)));
+        let Some(token) = token else {
             // Failing open: the store could not be asked, run unprotected.
-            None => Prepared::Unprotected(request),
-            Some(token) => Prepared::Acquired(
-                request,
-                HeldClaim::new(store, record, fingerprint, token, &config.rules),
-            ),
+            return Prepared::Unprotected(request);
+        };
+        let mut held = HeldClaim::new(store, record, fingerprint, token, &config.rules);
+        if let Err(err) = held.begin().await {
+            tracing::warn!(error = %err, key = held.key(), "failed to open the idempotent request's transaction");
+            held.release().await;
+            return Prepared::Answered(
+                Problem::StoreUnavailable {
+                    retry_after: config.store_retry_after,
+                }
+                .into_response(),
+            );
         }
+        held.attach(request.extensions_mut());
+        Prepared::Acquired(request, held)
     }
 }
 
@@ -149,6 +166,8 @@ pin_project! {
     {
         // Until the handler is called.
         inner: Option<S>,
+        // Whether the handler writes in the claim's transaction.
+        transactional: bool,
         config: Arc<Config>,
         settle: Settle<St, ResBody, E, Fut>,
         #[pin]
@@ -218,14 +237,17 @@ where
                         Prepared::Unprotected(request) => Stage::Unprotected {
                             call: take_inner(this.inner).call(request),
                         },
-                        Prepared::Acquired(request, held) => Stage::Running {
-                            work: Execute::Calling {
-                                call: take_inner(this.inner).call(request),
-                            },
-                            held: Some(held),
-                            renewer: Renewer::new(this.config.rules.lease),
-                            lost: false,
-                        },
+                        Prepared::Acquired(request, held) => {
+                            *this.transactional = held.is_transactional();
+                            Stage::Running {
+                                work: Execute::Calling {
+                                    call: take_inner(this.inner).call(request),
+                                },
+                                held: Some(held),
+                                renewer: Renewer::new(this.config.rules.lease),
+                                lost: false,
+                            }
+                        }
                     };
                     this.stage.set(next);
                 }
@@ -263,6 +285,21 @@ where
     }
 }
 
+impl<S, St, ReqBody, ResBody, F, Prep, Fut> KeyedTask<ResBody, S::Error>
+    for Keyed<S, St, ReqBody, ResBody, S::Error, F, Prep, Fut>
+where
+    Self: Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>> + Send,
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>>,
+    St: IdempotencyStore,
+{
+    fn finish_if_dropped(&self) -> bool {
+        // Work in a transaction that is dropped while its handler runs is
+        // rolled back and its key released (see `HeldClaim`'s drop); once
+        // its result is being committed, it is finished like any other.
+        !(self.transactional && matches!(self.stage, Stage::Running { .. }))
+    }
+}
+
 fn take_inner<S>(inner: &mut Option<S>) -> S {
     inner.take().expect("the handler is called once")
 }
@@ -292,17 +329,45 @@ where
             }
             Ok(Executed::Stored(parts, body)) => {
                 let stored = || StoredOutcome::Response(stored_response(&parts, &body));
-                held.complete(stored(), stored, config.ttl).await;
+                if held.is_transactional() {
+                    if let Err(err) = held.commit(stored(), config.ttl).await {
+                        return Ok(not_committed(err, &config));
+                    }
+                } else {
+                    held.complete(stored(), stored, config.ttl).await;
+                }
                 Ok(Response::from_parts(parts, ResponseBody::full(body)))
             }
             Ok(Executed::NotStored(response)) => {
                 let status = response.status();
                 let not_stored = move || StoredOutcome::NotStored { status };
-                held.complete(not_stored(), not_stored, config.ttl).await;
+                if held.is_transactional() {
+                    if let Err(err) = held.commit(not_stored(), config.ttl).await {
+                        return Ok(not_committed(err, &config));
+                    }
+                } else {
+                    held.complete(not_stored(), not_stored, config.ttl).await;
+                }
                 Ok(response)
             }
         }
     }
+}
+
+/// The answer when the handler's transaction did not commit: its effect
+/// was rolled back (or, after a lost answer to the commit, may have been),
+/// so its response must not leave.
+fn not_committed<B>(err: CommitError, config: &Config) -> Response<ResponseBody<B>> {
+    match err {
+        CommitError::LeaseLost => Problem::InFlight {
+            retry_after: config.conflict_retry_after,
+        },
+        CommitError::Escaped => Problem::TransactionEscaped,
+        _ => Problem::StoreUnavailable {
+            retry_after: config.store_retry_after,
+        },
+    }
+    .into_response()
 }
 
 /// What to do with the claim once the handler has answered.

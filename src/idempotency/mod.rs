@@ -104,4 +104,7 @@ pub use layer::IdempotencyLayer;
 pub use policy::StoreDecision;
 pub use principal::{AuthorizationPrincipal, Principal, PrincipalExtractor};
 pub use service::Idempotency;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::PgTransaction;
 pub use store::{IdempotencyStore, MemoryStore};

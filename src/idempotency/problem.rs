@@ -25,6 +25,7 @@ pub(crate) enum Problem {
     ResponseNotStored { status: StatusCode },
     StoreUnavailable { retry_after: Duration },
     QuotaExceeded { retry_after: Duration },
+    TransactionEscaped,
 }
 
 impl Problem {
@@ -39,6 +40,7 @@ impl Problem {
             Problem::ResponseNotStored { .. } => StatusCode::GONE,
             Problem::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Problem::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Problem::TransactionEscaped => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -53,6 +55,7 @@ impl Problem {
             Problem::ResponseNotStored { .. } => ServerOutcome::NotStored,
             Problem::StoreUnavailable { .. } => ServerOutcome::StoreUnavailable,
             Problem::QuotaExceeded { .. } => ServerOutcome::QuotaExceeded,
+            Problem::TransactionEscaped => ServerOutcome::StoreUnavailable,
         }
     }
 
@@ -68,6 +71,7 @@ impl Problem {
             Problem::ResponseNotStored { .. } => "response-not-stored",
             Problem::StoreUnavailable { .. } => "store-unavailable",
             Problem::QuotaExceeded { .. } => "quota-exceeded",
+            Problem::TransactionEscaped => "transaction-escaped",
         }
     }
 
@@ -82,6 +86,7 @@ impl Problem {
             Problem::ResponseNotStored { .. } => "Original response was not stored",
             Problem::StoreUnavailable { .. } => "Idempotency store unavailable",
             Problem::QuotaExceeded { .. } => "Too many idempotency keys",
+            Problem::TransactionEscaped => "Transaction kept past the handler",
         }
     }
 
@@ -117,6 +122,10 @@ impl Problem {
             Problem::QuotaExceeded { .. } => "This client holds as many idempotency records as it \
                 may, so the request was not run; retry after the delay given, and reuse a key for \
                 the retries of one request instead of sending new ones."
+                .to_owned(),
+            Problem::TransactionEscaped => "The handler kept its idempotency transaction past its \
+                end (in a spawned task or a streaming body), so its writes were rolled back and \
+                the request may be sent again."
                 .to_owned(),
         }
     }

@@ -27,6 +27,12 @@ pub use crate::store::Outcome;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::RedisStore;
 pub use crate::store::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, MemoryStore, RecordKey, StoreError,
-    StoredOutcome, StoredResponse,
+    BoxFuture, Claim, CommitError, FencingToken, Fingerprint, IdempotencyStore, MemoryStore,
+    RecordKey, StoreError, StoreTransaction, StoredOutcome, StoredResponse, TransactionalStore,
+};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use crate::store::{
+    MissingTransaction, PgTransaction, PgTransactionGuard, PostgresError, PostgresStore,
+    PostgresStoreBuilder, TransactionFinished,
 };

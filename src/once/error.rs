@@ -1,7 +1,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use crate::store::StoreError;
+use crate::store::{CommitError, StoreError};
 
 /// Why [`Once::run`](super::Once::run) did not return a value.
 ///
@@ -59,6 +59,16 @@ pub enum OnceError<E> {
     /// another execution may have taken over): the closure was stopped and
     /// its result is not stored.
     LeaseLost,
+    /// The closure of [`run_in_transaction`](super::Once::run_in_transaction)
+    /// ran, and its transaction did not commit: its writes were rolled back
+    /// (or, when the commit's answer was lost, may have been committed
+    /// together with its value), and the claim was released if they were
+    /// not. The next call replays or runs it again, never both.
+    NotCommitted(CommitError),
+    /// [`run_in_transaction`](super::Once::run_in_transaction) on a store
+    /// without transactions, or with a handle type that is not the store's:
+    /// the closure did not run.
+    NotTransactional,
 }
 
 impl<E: fmt::Display> fmt::Display for OnceError<E> {
@@ -78,6 +88,10 @@ impl<E: fmt::Display> fmt::Display for OnceError<E> {
             OnceError::LeaseLost => {
                 f.write_str("claim lost while running: lease expired or taken over")
             }
+            OnceError::NotCommitted(error) => write!(f, "ran, but not committed: {error}"),
+            OnceError::NotTransactional => {
+                f.write_str("the store has no transactions of this handle type; not run")
+            }
         }
     }
 }
@@ -88,6 +102,7 @@ impl<E: StdError + 'static> StdError for OnceError<E> {
             OnceError::Unavailable(error) => Some(error),
             OnceError::Decode(error) | OnceError::Encode(error) => Some(error),
             OnceError::Failed(error) => Some(error),
+            OnceError::NotCommitted(error) => Some(error),
             _ => None,
         }
     }

@@ -218,50 +218,153 @@ impl<St: IdempotencyStore> Once<St> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, Failure<E>>>,
     {
+        let held = match self.claim(scope, key, fingerprint).await? {
+            Ok(held) => held,
+            Err(replayed) => return Ok(replayed),
+        };
+        self.finish(held, work()).await
+    }
+
+    /// Like [`run`](Self::run), with the closure's writes and its stored
+    /// value committed in one transaction of a transactional store (the
+    /// inbox pattern): a worker that dies before the commit leaves neither,
+    /// and the redelivery runs the closure once more; one that dies after it
+    /// leaves both, and the redelivery replays.
+    ///
+    /// The closure gets the store's transaction handle, `Tx` (with
+    /// `PostgresStore`, feature `postgres`: `PgTransaction`). A failure the
+    /// closure does not [store](Failure::store) rolls its writes back before
+    /// the key is released. The commit's failure is
+    /// [`OnceError::NotCommitted`]; a store without transactions, or a `Tx`
+    /// that is not its handle, is [`OnceError::NotTransactional`] (and the
+    /// closure does not run).
+    ///
+    /// ```no_run
+    /// use tower_reissue::idempotency::PgTransaction;
+    /// use tower_reissue::idempotency::store::{Fingerprint, PostgresStore};
+    /// use tower_reissue::once::Failure;
+    /// use tower_reissue::Once;
+    ///
+    /// # async fn run(store: PostgresStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// let once = Once::new(store);
+    /// let payload = r#"{"order":17}"#;
+    /// once.run_in_transaction("orders", "message-17", Fingerprint::of(payload), |tx: PgTransaction| async move {
+    ///     let mut conn = tx.acquire().await.map_err(Failure::release)?;
+    ///     sqlx::query("INSERT INTO shipments (order_id) VALUES (17)")
+    ///         .execute(&mut *conn)
+    ///         .await
+    ///         .map_err(Failure::release)?;
+    ///     Ok::<_, Failure<Box<dyn std::error::Error + Send + Sync>>>(())
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_in_transaction<Tx, T, E, F, Fut>(
+        &self,
+        scope: impl Into<String>,
+        key: impl Into<String>,
+        fingerprint: Fingerprint,
+        work: F,
+    ) -> Result<Ran<T>, OnceError<E>>
+    where
+        Tx: Clone + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned,
+        E: fmt::Display,
+        F: FnOnce(Tx) -> Fut,
+        Fut: Future<Output = Result<T, Failure<E>>>,
+    {
+        let mut held = match self.claim(scope, key, fingerprint).await? {
+            Ok(held) => held,
+            Err(replayed) => return Ok(replayed),
+        };
+        if let Err(error) = held.begin().await {
+            held.release().await;
+            return Err(OnceError::Unavailable(error));
+        }
+        let mut extensions = http::Extensions::new();
+        held.attach(&mut extensions);
+        let Some(transaction) = extensions.remove::<Tx>() else {
+            held.release().await;
+            return Err(OnceError::NotTransactional);
+        };
+        self.finish(held, work(transaction)).await
+    }
+
+    /// Claims the record: the held claim, or the replayed value.
+    async fn claim<T: DeserializeOwned, E>(
+        &self,
+        scope: impl Into<String>,
+        key: impl Into<String>,
+        fingerprint: Fingerprint,
+    ) -> Result<Result<HeldClaim<St>, Ran<T>>, OnceError<E>> {
         let record = RecordKey::new(scope, key);
         let token = match exec::claim(&self.store, &record, &fingerprint, &self.rules).await {
             Ok(Claimed::Acquired(token)) => token,
-            Ok(Claimed::Completed(outcome)) => return replay(outcome),
+            Ok(Claimed::Completed(outcome)) => return replay(outcome).map(Err),
             Err(Refused::FingerprintMismatch) => return Err(OnceError::FingerprintMismatch),
             Err(Refused::InFlight) => return Err(OnceError::InFlight),
             Err(Refused::Store(error)) => return Err(OnceError::Unavailable(error)),
         };
-        let mut held = HeldClaim::new(self.store.clone(), record, fingerprint, token, &self.rules);
-        let mut work = pin!(work());
+        Ok(Ok(HeldClaim::new(
+            self.store.clone(),
+            record,
+            fingerprint,
+            token,
+            &self.rules,
+        )))
+    }
+
+    /// Runs the work while renewing the claim, then stores its value (in
+    /// the work's transaction, if it has one) or releases the claim.
+    async fn finish<T, E, Fut>(
+        &self,
+        mut held: HeldClaim<St>,
+        work: Fut,
+    ) -> Result<Ran<T>, OnceError<E>>
+    where
+        T: Serialize,
+        E: fmt::Display,
+        Fut: Future<Output = Result<T, Failure<E>>>,
+    {
+        let mut work = pin!(work);
         let result = match held.renewing(self.rules.lease, work.as_mut()).await {
             Renewal::Finished(result) => result,
             // Someone else may be running it now: finishing would repeat the
             // effect, for a result the store would refuse anyway.
             Renewal::Lost => return Err(OnceError::LeaseLost),
         };
-        match result {
+        let (outcome, answer) = match result {
             Ok(value) => match serde_json::to_vec(&value) {
-                Ok(json) => {
-                    let json = Bytes::from(json);
-                    let outcome = || StoredOutcome::Value(json.clone());
-                    held.complete(outcome(), outcome, self.ttl).await;
-                    Ok(Ran::Executed(value))
-                }
-                Err(error) => {
-                    let message = format!("its value could not be encoded: {error}");
-                    let outcome = || StoredOutcome::Failed(message.clone());
-                    held.complete(outcome(), outcome, self.ttl).await;
-                    Err(OnceError::Encode(error))
-                }
+                Ok(json) => (
+                    StoredOutcome::Value(Bytes::from(json)),
+                    Ok(Ran::Executed(value)),
+                ),
+                Err(error) => (
+                    StoredOutcome::Failed(format!("its value could not be encoded: {error}")),
+                    Err(OnceError::Encode(error)),
+                ),
             },
-            Err(Failure { error, store: true }) => {
-                let outcome = || StoredOutcome::Failed(error.to_string());
-                held.complete(outcome(), outcome, self.ttl).await;
-                Err(OnceError::Failed(error))
-            }
+            Err(Failure { error, store: true }) => (
+                StoredOutcome::Failed(error.to_string()),
+                Err(OnceError::Failed(error)),
+            ),
             Err(Failure {
                 error,
                 store: false,
             }) => {
                 held.release().await;
-                Err(OnceError::Failed(error))
+                return Err(OnceError::Failed(error));
             }
+        };
+        if held.is_transactional() {
+            held.commit(outcome, self.ttl)
+                .await
+                .map_err(OnceError::NotCommitted)?;
+        } else {
+            let again = outcome.clone();
+            held.complete(outcome, move || again, self.ttl).await;
         }
+        answer
     }
 }
 

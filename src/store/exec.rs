@@ -19,7 +19,8 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::{
-    Claim, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError, StoredOutcome,
+    Claim, CommitError, FencingToken, Fingerprint, IdempotencyStore, RecordKey, StoreError,
+    StoreTransaction, StoredOutcome,
 };
 
 /// How to claim a record.
@@ -131,6 +132,9 @@ pub(crate) struct HeldClaim<St: IdempotencyStore> {
     // the request that set it.
     lease_ends: Mutex<Instant>,
     kept: KeptResults,
+    // The work's transaction, with a transactional store (see
+    // `TransactionalStore`): the result commits in it.
+    transaction: Option<Box<dyn StoreTransaction>>,
     settled: bool,
 }
 
@@ -151,7 +155,71 @@ impl<St: IdempotencyStore> HeldClaim<St> {
             lease: rules.lease,
             lease_ends: Mutex::new(after(acquired.sent, rules.lease)),
             kept: rules.kept.clone(),
+            transaction: None,
             settled: false,
+        }
+    }
+
+    /// Opens the work's transaction when the store is transactional; with
+    /// any other store this does nothing.
+    pub(crate) async fn begin(&mut self) -> Result<(), StoreError> {
+        if let Some(store) = self.store.transactions() {
+            let begin = store.begin(&self.record, self.token, self.lease);
+            self.transaction = Some(begin.await?);
+        }
+        Ok(())
+    }
+
+    /// The held record's key.
+    pub(crate) fn key(&self) -> &str {
+        self.record.key()
+    }
+
+    /// Whether the result commits in the work's transaction.
+    pub(crate) fn is_transactional(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// Hands the work's transaction, if any, to the work.
+    pub(crate) fn attach(&self, extensions: &mut http::Extensions) {
+        if let Some(transaction) = &self.transaction {
+            transaction.attach(extensions);
+        }
+    }
+
+    /// Stores the work's outcome in the work's transaction and commits both;
+    /// without a transaction, [`complete`](Self::complete)s.
+    ///
+    /// Never completes the record outside the transaction: a result kept
+    /// after a failed commit would replay an effect that was rolled back.
+    /// When the commit did not happen (or may not have), the key is released
+    /// under its token and in-flight state, which changes nothing if the
+    /// commit did take effect: the record is then completed.
+    pub(crate) async fn commit(
+        &mut self,
+        outcome: StoredOutcome,
+        ttl: Duration,
+    ) -> Result<(), CommitError> {
+        let Some(transaction) = self.transaction.take() else {
+            let again = outcome.clone();
+            self.complete(outcome, move || again, ttl).await;
+            return Ok(());
+        };
+        self.settled = true;
+        let committed = transaction.commit(outcome, ttl).await;
+        match &committed {
+            Ok(()) | Err(CommitError::LeaseLost) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, key = self.record.key(), "idempotent result not committed; releasing the key");
+                self.release_key().await;
+            }
+        }
+        committed
+    }
+
+    async fn release_key(&self) {
+        if let Err(err) = self.store.release(&self.record, self.token).await {
+            tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
         }
     }
 
@@ -266,6 +334,7 @@ impl<St: IdempotencyStore> HeldClaim<St> {
             lease: self.lease,
             lease_ends: Mutex::new(self.lease_ends()),
             kept: self.kept.clone(),
+            transaction: None,
             settled: false,
         }
     }
@@ -313,13 +382,17 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         }
     }
 
-    /// Gives the key up, so the next claim runs the work again.
+    /// Gives the key up, so the next claim runs the work again; the work's
+    /// transaction, if any, is rolled back first, so that no effect is left
+    /// behind for that run to repeat.
     pub(crate) fn release(&mut self) -> impl Future<Output = ()> {
         self.settled = true;
+        let transaction = self.transaction.take();
         async move {
-            if let Err(err) = self.store.release(&self.record, self.token).await {
-                tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
+            if let Some(transaction) = transaction {
+                transaction.rollback().await;
             }
+            self.release_key().await;
         }
     }
 }
@@ -329,20 +402,27 @@ impl<St: IdempotencyStore> Drop for HeldClaim<St> {
         // Work that panicked did not finish: release so a retry runs. Any
         // other drop is a crash as far as the store can tell (the process or
         // runtime going away, the caller abandoning the work): the claim
-        // expires with its lease.
-        if self.settled || !std::thread::panicking() {
+        // expires with its lease. Work in a transaction is the exception:
+        // its writes roll back, so its key is released whatever the cause.
+        if self.settled || (self.transaction.is_none() && !std::thread::panicking()) {
             return;
         }
         let (store, record, token) = (self.store.clone(), self.record.clone(), self.token);
+        let transaction = self.transaction.take();
+        let has_transaction = transaction.is_some();
         let mut release = Box::pin(async move {
+            if let Some(transaction) = transaction {
+                transaction.rollback().await;
+            }
             if let Err(err) = store.release(&record, token).await {
-                tracing::warn!(error = %err, key = record.key(), "failed to release idempotency claim after a panic");
+                tracing::warn!(error = %err, key = record.key(), "failed to release idempotency claim of unfinished work");
             }
         });
         // An in-process store releases on the first poll, before the panic
-        // reaches the caller; a networked one finishes on the runtime.
+        // reaches the caller; a networked one (and a rollback) finishes on
+        // the runtime.
         let mut cx = Context::from_waker(Waker::noop());
-        if release.as_mut().poll(&mut cx).is_pending() {
+        if has_transaction || release.as_mut().poll(&mut cx).is_pending() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(release);
             }

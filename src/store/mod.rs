@@ -5,8 +5,17 @@
 //! both run through. Public as [`idempotency::store`](crate::idempotency::store).
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{
+    MissingTransaction, PgTransaction, PgTransactionGuard, PostgresError, PostgresStore,
+    PostgresStoreBuilder, TransactionFinished,
+};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -19,11 +28,13 @@ pub(crate) mod exec;
 mod fingerprint;
 mod outcome;
 mod record;
+mod transaction;
 
 pub use error::StoreError;
 pub use fingerprint::Fingerprint;
 pub use outcome::{StoredOutcome, StoredResponse};
 pub use record::RecordKey;
+pub use transaction::{BoxFuture, CommitError, StoreTransaction, TransactionalStore};
 
 /// The former name of [`StoredOutcome`], which is also the name of
 /// [`classify::Outcome`](crate::classify::Outcome).
@@ -203,6 +214,21 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
         key: &RecordKey,
         token: FencingToken,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// This store's [transactional extension](TransactionalStore), if it has
+    /// one: then the record commits in the same transaction as the work's
+    /// writes. The default, `None`, keeps records apart from the work, as
+    /// [`MemoryStore`] and `RedisStore` do.
+    ///
+    /// ```
+    /// use tower_reissue::MemoryStore;
+    /// use tower_reissue::idempotency::store::IdempotencyStore;
+    ///
+    /// assert!(MemoryStore::new().transactions().is_none());
+    /// ```
+    fn transactions(&self) -> Option<&dyn TransactionalStore> {
+        None
+    }
 }
 
 /// Proof of holding a claim; see [fencing](IdempotencyStore#contract).
