@@ -221,6 +221,55 @@ async fn consumer_on_redis() {
     }
 }
 
+#[cfg(feature = "postgres")]
+#[path = "pg_server/mod.rs"]
+mod pg_server;
+
+/// Worker processes on one PostgresStore, the queue in PostgreSQL too: one
+/// killed while it holds an uncommitted INSERT, every message's row exactly
+/// once.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn consumer_on_postgres() {
+    let url = pg_server::fresh_database("consumer_example").await;
+    let out = run("consumer", &["--postgres", &url]).await;
+    for expected in [
+        "messages: 2000, deliveries: ",
+        "killed (SIGKILL) mid-handler of message",
+        "its INSERT uncommitted; replaced by worker d",
+        "the killed worker's row rolled back: yes",
+        "every delivery acked: yes (0 left)",
+        "effects rows: 2000, messages with exactly one row: 2000/2000, duplicates: 0, missing: 0",
+        "exactly once: yes",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+    // The message being handled when the worker died has one row, by
+    // another worker.
+    let after_kill = out
+        .lines()
+        .find(|l| l.starts_with("message ") && l.contains(" afterwards: "))
+        .unwrap_or_else(|| panic!("no line on the killed message:\n{out}"));
+    assert!(after_kill.contains("afterwards: 1 row(s)"), "{out}");
+    // Redeliveries of handled messages were answered from the store.
+    let once = out
+        .lines()
+        .find(|l| l.starts_with("once: "))
+        .unwrap_or_else(|| panic!("no once line:\n{out}"));
+    let count = |label: &str| -> u64 {
+        let at = once
+            .find(label)
+            .unwrap_or_else(|| panic!("{label:?} missing:\n{out}"));
+        once[..at]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {label:?}:\n{out}"))
+    };
+    assert!(count(" replayed") > 0, "{out}");
+    assert_eq!(out.lines().last(), Some("exactly once: yes"), "{out}");
+}
+
 /// The demo with a hard outage: the breaker cuts the attempts to its probes
 /// and lets traffic back within one break once the API is up.
 #[tokio::test]

@@ -24,6 +24,9 @@ mod root {
     pub use tower_reissue::{RedisQueue, RedisStore};
     // Added since c9debc4: hedging.
     pub use tower_reissue::{HedgeLayer, hedge};
+    // Added since 76cbb6b: the transactional PostgreSQL store.
+    #[cfg(feature = "postgres")]
+    pub use tower_reissue::PostgresStore;
 
     pub use tower_reissue::{
         backoff, budget, circuit, classify, dead_letter, idempotency, idempotency_key, once,
@@ -89,7 +92,18 @@ mod idempotency {
             Claim, FencingToken, Fingerprint, IdempotencyStore, MemoryStore, RecordKey, StoreError,
             StoredOutcome, StoredResponse,
         };
+        // Added since 76cbb6b: the transactional extension and its store.
+        pub use tower_reissue::idempotency::store::{
+            BoxFuture, CommitError, StoreTransaction, TransactionalStore,
+        };
+        #[cfg(feature = "postgres")]
+        pub use tower_reissue::idempotency::store::{
+            MissingTransaction, PgTransaction, PgTransactionGuard, PostgresError, PostgresStore,
+            PostgresStoreBuilder, TransactionFinished,
+        };
     }
+    #[cfg(feature = "postgres")]
+    pub use tower_reissue::idempotency::PgTransaction;
 }
 
 mod idempotency_key {

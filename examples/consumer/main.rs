@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --example consumer                       # worker pool on MemoryStore
 //! cargo run --example consumer --features redis -- --redis redis://127.0.0.1:6379/
+//! cargo run --example consumer --features postgres -- --postgres postgres://app@localhost/app
 //! ```
 //!
 //! The default run drains a local queue with at-least-once delivery (a
@@ -18,6 +19,15 @@
 //! renewal is refused by fencing and it drops the stale work. Then one
 //! worker is killed (SIGKILL) mid-handler; the survivor takes its claim over
 //! after the lease.
+//!
+//! With `--postgres URL` (in an empty database) the queue itself is a
+//! PostgreSQL table (leases with `FOR UPDATE SKIP LOCKED`), drained by
+//! three worker processes sharing one `PostgresStore`. Each handles a
+//! message with `Once::run_in_transaction`, whose closure INSERTs a row into
+//! an `effects` table without any unique constraint: the row and the stored
+//! value commit in one transaction. One worker is killed (SIGKILL) while it
+//! holds an uncommitted INSERT, and a replacement started; at the end every
+//! message must have exactly one row.
 
 mod pool;
 mod queue;
@@ -25,7 +35,7 @@ mod queue;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tower_reissue::{MemoryStore, Once};
@@ -34,6 +44,7 @@ use pool::{Mailbox, Settings};
 use queue::Queue;
 
 #[derive(Parser, Debug)]
+#[command(group(ArgGroup::new("shared").args(["redis", "postgres"])))]
 struct Args {
     /// Messages to publish (each delivered one to three times).
     #[arg(long)]
@@ -44,14 +55,34 @@ struct Args {
     /// Use two worker processes on the RedisStore at this URL.
     #[arg(long)]
     redis: Option<String>,
-    /// Internal: run as one worker process, keys under this prefix.
-    #[arg(long, hide = true, requires = "redis")]
+    /// Use worker processes on the PostgresStore (and a queue) in the
+    /// database at this URL.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Internal: run as one worker process, keys under this prefix (Redis)
+    /// or under this name (PostgreSQL).
+    #[arg(long, hide = true, requires = "shared")]
     worker: Option<String>,
+    /// Internal: the worker hangs mid-handler after this many messages.
+    #[arg(long, hide = true, requires = "worker")]
+    stall_after: Option<u64>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(url) = args.postgres {
+        #[cfg(feature = "postgres")]
+        return match args.worker {
+            Some(name) => postgres_mode::worker(&url, &name, args.stall_after).await,
+            None => postgres_mode::coordinator(&url, args.messages.unwrap_or(2_000)).await,
+        };
+        #[cfg(not(feature = "postgres"))]
+        {
+            let _ = url;
+            return Err("--postgres needs the example built with `--features postgres`".into());
+        }
+    }
     match args.redis {
         None => in_process(args.messages.unwrap_or(2_000), args.workers).await,
         #[cfg(feature = "redis")]
@@ -451,5 +482,404 @@ mod redis_mode {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_mode {
+    //! Worker processes on one `PostgresStore`, fed by a queue in PostgreSQL
+    //! itself.
+    //!
+    //! `deliveries` is an at-least-once queue: a worker leases a row with
+    //! `FOR UPDATE SKIP LOCKED` by moving its `visible_at` past the
+    //! visibility timeout, and acks it once handled; a row not acked in time
+    //! is delivered again. The coordinator publishes each message one to
+    //! three times (a third of the duplicates visible at once, the others
+    //! later). Each worker handles a delivery with
+    //! [`Once::run_in_transaction`], whose closure INSERTs one row into
+    //! `effects` (no unique constraint) through the store's transaction, so
+    //! the row and the stored value commit together.
+    //!
+    //! Each worker prints `executed <message>`, `replayed <message>`,
+    //! `inflight <message>` (a duplicate running elsewhere: handed back to
+    //! the queue), `lost <message>` or `failed <message> <why>`. A worker
+    //! started with `--stall-after N` prints `holding <message>` after its
+    //! N+1-th INSERT and hangs inside the closure, its INSERT uncommitted:
+    //! the coordinator SIGKILLs it there and starts a replacement.
+
+    use std::collections::HashMap;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use sqlx::PgPool;
+    use sqlx::postgres::PgPoolOptions;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::{Child, Command};
+    use tower_reissue::idempotency::PgTransaction;
+    use tower_reissue::idempotency::store::Fingerprint;
+    use tower_reissue::once::{Failure, OnceError, Ran};
+    use tower_reissue::{Once, PostgresStore};
+
+    const LEASE: Duration = Duration::from_secs(1);
+    const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(3);
+    const RETRY_DELAY: Duration = Duration::from_millis(100);
+    /// Duplicates not delivered at once come back within this.
+    const REDELIVER_WITHIN: Duration = Duration::from_secs(3);
+    const WORKERS: [&str; 3] = ["a", "b", "c"];
+    const REPLACEMENT: &str = "d";
+    /// Messages worker `a` handles before it hangs mid-handler.
+    const STALL_AFTER: u64 = 150;
+
+    const SCHEMA: &str = "
+        CREATE TABLE deliveries (
+            id bigserial PRIMARY KEY,
+            message_id bigint NOT NULL,
+            payload text NOT NULL,
+            visible_at timestamptz NOT NULL,
+            acked bool NOT NULL DEFAULT false,
+            receives int NOT NULL DEFAULT 0
+        );
+        CREATE INDEX deliveries_ready ON deliveries (visible_at) WHERE NOT acked;
+        CREATE TABLE effects (
+            message_id bigint NOT NULL,
+            worker text NOT NULL
+        );";
+
+    /// Leases the next visible delivery for the visibility timeout.
+    const RECEIVE: &str = "
+        UPDATE deliveries
+           SET visible_at = clock_timestamp() + $1::float8 * interval '1 millisecond',
+               receives = receives + 1
+         WHERE id = (SELECT id FROM deliveries
+                      WHERE NOT acked AND visible_at <= clock_timestamp()
+                      ORDER BY visible_at, id
+                      FOR UPDATE SKIP LOCKED
+                      LIMIT 1)
+        RETURNING id, message_id, payload";
+
+    async fn pool(url: &str, connections: u32) -> Result<PgPool, sqlx::Error> {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .connect(url)
+            .await
+    }
+
+    fn millis(duration: Duration) -> f64 {
+        duration.as_secs_f64() * 1000.0
+    }
+
+    pub async fn worker(
+        url: &str,
+        name: &str,
+        stall_after: Option<u64>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let queue = pool(url, 1).await?;
+        let store = PostgresStore::builder(url)
+            .claim_connections(2)
+            .work_connections(2)
+            .connect()
+            .await?;
+        let once = Once::new(store).lease(LEASE);
+        let mut inserted = 0_u64;
+        loop {
+            let delivery: Option<(i64, i64, String)> = sqlx::query_as(RECEIVE)
+                .bind(millis(VISIBILITY_TIMEOUT))
+                .fetch_optional(&queue)
+                .await?;
+            let Some((delivery, message, payload)) = delivery else {
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE NOT acked")
+                        .fetch_one(&queue)
+                        .await?;
+                if left == 0 {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let stall = stall_after == Some(inserted);
+            let result = once
+                .run_in_transaction(
+                    "consumer",
+                    format!("message-{message}"),
+                    Fingerprint::of(&payload),
+                    |tx: PgTransaction| async move {
+                        let mut conn = tx
+                            .acquire()
+                            .await
+                            .map_err(|e| Failure::release(e.to_string()))?;
+                        sqlx::query("INSERT INTO effects (message_id, worker) VALUES ($1, $2)")
+                            .bind(message)
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| Failure::release(e.to_string()))?;
+                        drop(conn);
+                        if stall {
+                            println!("holding {message}");
+                            std::future::pending::<()>().await;
+                        }
+                        // The rest of the handler, after its write.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        Ok::<_, Failure<String>>(format!("handled by {name}"))
+                    },
+                )
+                .await;
+            let ack = match result {
+                Ok(Ran::Executed(_)) => {
+                    inserted += 1;
+                    println!("executed {message}");
+                    true
+                }
+                Ok(Ran::Replayed(_)) => {
+                    println!("replayed {message}");
+                    true
+                }
+                Err(OnceError::InFlight) => {
+                    println!("inflight {message}");
+                    false
+                }
+                Err(OnceError::LeaseLost) => {
+                    println!("lost {message}");
+                    false
+                }
+                Err(error) => {
+                    println!("failed {message} {error}");
+                    false
+                }
+            };
+            let statement = if ack {
+                "UPDATE deliveries SET acked = true WHERE id = $1"
+            } else {
+                "UPDATE deliveries
+                    SET visible_at = clock_timestamp() + $2::float8 * interval '1 millisecond'
+                  WHERE id = $1"
+            };
+            let query = sqlx::query(statement).bind(delivery);
+            let query = if ack {
+                query
+            } else {
+                query.bind(millis(RETRY_DELAY))
+            };
+            query.execute(&queue).await?;
+        }
+    }
+
+    /// What the workers reported.
+    #[derive(Default)]
+    struct Events {
+        /// worker -> messages it executed.
+        executed: HashMap<String, u64>,
+        replayed: u64,
+        in_flight: u64,
+        lost: u64,
+        failed: Vec<String>,
+        /// (worker, message) killed mid-handler.
+        killed: Option<(String, i64)>,
+    }
+
+    fn spawn(url: &str, name: &str, stall_after: Option<u64>) -> std::io::Result<Child> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["--postgres", url, "--worker", name]);
+        if let Some(n) = stall_after {
+            command.args(["--stall-after", &n.to_string()]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// Reads worker `name`'s reports until it exits, and kills it if it
+    /// reports holding a message.
+    async fn watch(
+        name: String,
+        mut child: Child,
+        events: Arc<Mutex<Events>>,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        while let Some(line) = lines.next_line().await? {
+            let mut parts = line.splitn(3, ' ');
+            let event = parts.next().unwrap_or_default();
+            let message: i64 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(-1);
+            let mut e = events.lock().unwrap();
+            match event {
+                "executed" => *e.executed.entry(name.clone()).or_default() += 1,
+                "replayed" => e.replayed += 1,
+                "inflight" => e.in_flight += 1,
+                "lost" => e.lost += 1,
+                "holding" => {
+                    child.start_kill()?;
+                    e.killed = Some((name.clone(), message));
+                }
+                _ => e.failed.push(format!("worker {name}: {line}")),
+            }
+        }
+        child.wait().await
+    }
+
+    pub async fn coordinator(url: &str, messages: u64) -> Result<(), Box<dyn std::error::Error>> {
+        let db = pool(url, 2).await?;
+        sqlx::raw_sql(SCHEMA).execute(&db).await?;
+        PostgresStore::connect(url).await?.migrate().await?;
+
+        let mut rng = StdRng::seed_from_u64(17);
+        let (mut deliveries, mut concurrent, mut later) = (0_u64, 0_u64, 0_u64);
+        let mut rows: Vec<(i64, String, f64)> = Vec::new();
+        for message in 0..messages as i64 {
+            let payload = format!(r#"{{"template":"welcome","user":{message}}}"#);
+            let copies = rng.random_range(1..=3);
+            deliveries += copies;
+            rows.push((message, payload.clone(), 0.0));
+            for _ in 1..copies {
+                let delay = if rng.random_bool(1.0 / 3.0) {
+                    concurrent += 1;
+                    0.0
+                } else {
+                    later += 1;
+                    millis(REDELIVER_WITHIN.mul_f64(rng.random()))
+                };
+                rows.push((message, payload.clone(), delay));
+            }
+        }
+        // Shuffled by the delays only: the first deliveries in message order.
+        let (ids, payloads, delays): (Vec<i64>, Vec<String>, Vec<f64>) =
+            rows.into_iter()
+                .fold(Default::default(), |mut acc, (i, p, d)| {
+                    acc.0.push(i);
+                    acc.1.push(p);
+                    acc.2.push(d);
+                    acc
+                });
+        sqlx::query(
+            "INSERT INTO deliveries (message_id, payload, visible_at)
+             SELECT m, p, clock_timestamp() + d * interval '1 millisecond'
+               FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS t(m, p, d)",
+        )
+        .bind(&ids)
+        .bind(&payloads)
+        .bind(&delays)
+        .execute(&db)
+        .await?;
+
+        let events = Arc::new(Mutex::new(Events::default()));
+        let mut watchers = Vec::new();
+        for (n, name) in WORKERS.iter().enumerate() {
+            let stall = (n == 0).then_some(STALL_AFTER);
+            let child = spawn(url, name, stall)?;
+            watchers.push(tokio::spawn(watch(name.to_string(), child, events.clone())));
+        }
+        // The first worker is killed mid-handler: start its replacement.
+        let first = watchers.remove(0).await??;
+        let replaced = events.lock().unwrap().killed.is_some();
+        if !replaced && !first.success() {
+            return Err(format!("worker {} failed: {first}", WORKERS[0]).into());
+        }
+        if replaced {
+            let child = spawn(url, REPLACEMENT, None)?;
+            watchers.push(tokio::spawn(watch(
+                REPLACEMENT.to_string(),
+                child,
+                events.clone(),
+            )));
+        }
+        for watcher in watchers {
+            let status = watcher.await??;
+            if !status.success() {
+                return Err(format!("a worker failed: {status}").into());
+            }
+        }
+
+        let received: i64 = sqlx::query_scalar("SELECT sum(receives)::bigint FROM deliveries")
+            .fetch_one(&db)
+            .await?;
+        let unacked: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE NOT acked")
+            .fetch_one(&db)
+            .await?;
+        let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+            .fetch_one(&db)
+            .await?;
+        let per_message: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT m, (SELECT count(*) FROM effects WHERE message_id = m)
+               FROM generate_series(0, $1 - 1) AS m",
+        )
+        .bind(messages as i64)
+        .fetch_all(&db)
+        .await?;
+        let exactly_once = per_message.iter().filter(|(_, n)| *n == 1).count();
+        let duplicates: i64 = per_message.iter().map(|(_, n)| (n - 1).max(0)).sum();
+        let missing = per_message.iter().filter(|(_, n)| *n == 0).count();
+
+        let events = std::mem::take(&mut *events.lock().unwrap());
+        let executed: u64 = events.executed.values().sum();
+        println!(
+            "messages: {messages}, deliveries: {deliveries} ({concurrent} duplicates concurrent with the first, {later} later), received: {received}"
+        );
+        println!(
+            "{} worker processes on one PostgresStore, the queue in PostgreSQL",
+            WORKERS.len() + usize::from(replaced)
+        );
+        match &events.killed {
+            Some((worker, message)) => {
+                let by: Vec<String> =
+                    sqlx::query_scalar("SELECT worker FROM effects WHERE message_id = $1")
+                        .bind(message)
+                        .fetch_all(&db)
+                        .await?;
+                println!(
+                    "worker {worker} killed (SIGKILL) mid-handler of message {message} after {} messages ({first}), its INSERT uncommitted; replaced by worker {REPLACEMENT}",
+                    events.executed.get(worker).copied().unwrap_or(0),
+                );
+                println!(
+                    "message {message} afterwards: {} row(s), by worker(s) {}; the killed worker's row rolled back: {}",
+                    by.len(),
+                    by.join(", "),
+                    if by.iter().any(|w| w == worker) {
+                        "no"
+                    } else {
+                        "yes"
+                    }
+                );
+            }
+            None => println!("no worker was killed mid-handler"),
+        }
+        let mut by_worker: Vec<_> = events.executed.iter().collect();
+        by_worker.sort();
+        println!(
+            "once: {executed} executed ({}), {} replayed, {} in flight (handed back), {} lease lost, {} failed",
+            by_worker
+                .iter()
+                .map(|(w, n)| format!("{w}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            events.replayed,
+            events.in_flight,
+            events.lost,
+            events.failed.len()
+        );
+        for failure in &events.failed {
+            println!("  {failure}");
+        }
+        println!(
+            "every delivery acked: {} ({} left)",
+            if unacked == 0 { "yes" } else { "no" },
+            unacked
+        );
+        println!(
+            "effects rows: {effects}, messages with exactly one row: {exactly_once}/{messages}, duplicates: {duplicates}, missing: {missing}"
+        );
+        if exactly_once as u64 != messages || unacked != 0 {
+            return Err(format!(
+                "{} of {messages} messages do not have exactly one effect row",
+                messages - exactly_once as u64
+            )
+            .into());
+        }
+        println!("exactly once: yes");
+        Ok(())
     }
 }

@@ -106,25 +106,40 @@ where
             Ok(token) => token,
             Err(answer) => return Prepared::Answered(answer),
         };
-        let mut request = Request::from_parts(parts, Either::Left(Full::new(body)));
+        let request = Request::from_parts(parts, Either::Left(Full::new(body)));
         let Some(token) = token else {
             // Failing open: the store could not be asked, run unprotected.
             return Prepared::Unprotected(request);
         };
-        let mut held = HeldClaim::new(store, record, fingerprint, token, &config.rules);
-        if let Err(err) = held.begin().await {
-            tracing::warn!(error = %err, key = held.key(), "failed to open the idempotent request's transaction");
-            held.release().await;
-            return Prepared::Answered(
-                Problem::StoreUnavailable {
-                    retry_after: config.store_retry_after,
-                }
-                .into_response(),
-            );
+        let held = HeldClaim::new(store, record, fingerprint, token, &config.rules);
+        if !held.wants_transaction() {
+            return Prepared::Acquired(request, held);
         }
-        held.attach(request.extensions_mut());
-        Prepared::Acquired(request, held)
+        // Boxed: only a transactional store gets here, and inline, opening
+        // its transaction would enlarge every keyed request's future.
+        Box::pin(open_transaction(held, request, config)).await
     }
+}
+
+/// Opens the held claim's transaction and hands it to the request, or
+/// answers 503 (releasing the claim) when it cannot be opened.
+async fn open_transaction<St: IdempotencyStore, ReqBody, ResBody>(
+    mut held: HeldClaim<St>,
+    mut request: Request<Either<Full<Bytes>, ReqBody>>,
+    config: Arc<Config>,
+) -> Prepared<ReqBody, ResBody, St> {
+    if let Err(err) = held.begin().await {
+        tracing::warn!(error = %err, key = held.key(), "failed to open the idempotent request's transaction");
+        held.release().await;
+        return Prepared::Answered(
+            Problem::StoreUnavailable {
+                retry_after: config.store_retry_after,
+            }
+            .into_response(),
+        );
+    }
+    held.attach(request.extensions_mut());
+    Prepared::Acquired(request, held)
 }
 
 /// Claims the record: `Ok(Some(token))` to run the request, `Ok(None)` to run
@@ -318,6 +333,11 @@ where
     St: IdempotencyStore,
 {
     async move {
+        if held.is_transactional() {
+            // Boxed: inline, the commit would enlarge every keyed request's
+            // future, transactional or not.
+            return Box::pin(settle_in_transaction(held, executed, config)).await;
+        }
         match executed {
             Err(err) => {
                 held.release().await;
@@ -329,28 +349,52 @@ where
             }
             Ok(Executed::Stored(parts, body)) => {
                 let stored = || StoredOutcome::Response(stored_response(&parts, &body));
-                if held.is_transactional() {
-                    if let Err(err) = held.commit(stored(), config.ttl).await {
-                        return Ok(not_committed(err, &config));
-                    }
-                } else {
-                    held.complete(stored(), stored, config.ttl).await;
-                }
+                held.complete(stored(), stored, config.ttl).await;
                 Ok(Response::from_parts(parts, ResponseBody::full(body)))
             }
             Ok(Executed::NotStored(response)) => {
                 let status = response.status();
                 let not_stored = move || StoredOutcome::NotStored { status };
-                if held.is_transactional() {
-                    if let Err(err) = held.commit(not_stored(), config.ttl).await {
-                        return Ok(not_committed(err, &config));
-                    }
-                } else {
-                    held.complete(not_stored(), not_stored, config.ttl).await;
-                }
+                held.complete(not_stored(), not_stored, config.ttl).await;
                 Ok(response)
             }
         }
+    }
+}
+
+/// [`settle`] for work in a transaction: the result commits in it, or it is
+/// rolled back before the key is released.
+async fn settle_in_transaction<St, ResBody, E>(
+    mut held: HeldClaim<St>,
+    executed: Result<Executed<ResBody>, E>,
+    config: Arc<Config>,
+) -> Result<Response<ResponseBody<ResBody>>, E>
+where
+    St: IdempotencyStore,
+{
+    let (outcome, response) = match executed {
+        Err(err) => {
+            held.release().await;
+            return Err(err);
+        }
+        Ok(Executed::Release(response)) => {
+            held.release().await;
+            return Ok(response);
+        }
+        Ok(Executed::Stored(parts, body)) => (
+            StoredOutcome::Response(stored_response(&parts, &body)),
+            Response::from_parts(parts, ResponseBody::full(body)),
+        ),
+        Ok(Executed::NotStored(response)) => (
+            StoredOutcome::NotStored {
+                status: response.status(),
+            },
+            response,
+        ),
+    };
+    match held.commit(outcome, config.ttl).await {
+        Ok(()) => Ok(response),
+        Err(err) => Ok(not_committed(err, &config)),
     }
 }
 

@@ -127,9 +127,13 @@ impl<St, P> IdempotencyLayer<St, P> {
     ///
     /// The layer renews the claim every third of this while the handler runs,
     /// so only a request whose server vanished (crash, partition) loses its
-    /// claim, and the key can run again once the lease has passed. A request
-    /// whose future is dropped (the client disconnected) keeps running on its
-    /// own task until its result is stored.
+    /// claim, and the key can run again once the lease has passed. That run
+    /// repeats the first one's effect if the first died after it: only a
+    /// transactional store (`PostgresStore`) rolls such an effect back with
+    /// the record (see [crashes](super#crashes)). A request whose future is
+    /// dropped (the client disconnected) keeps running on its own task until
+    /// its result is stored; in a transaction, it is rolled back and its key
+    /// released instead.
     ///
     /// ```
     /// # use std::time::Duration;

@@ -29,6 +29,40 @@
 //! Requests without a key pass through untouched, unless their method is
 //! listed in [`required_for`](IdempotencyLayer::required_for).
 //!
+//! # Crashes
+//!
+//! A claim's lease (60 s by default, renewed while the handler runs) ends a
+//! crashed instance's hold on a key, but that is all it does: when an
+//! instance dies after its handler's effect and before the result is
+//! stored (a deploy, an OOM kill, a lost node), the key runs again once the
+//! lease is over, and the client's keyed retry makes that second run all but
+//! certain. No store kept apart from the effect can close this. A
+//! transactional `PostgresStore` (feature `postgres`) does: the handler
+//! writes through the layer's transaction (`PgTransaction`), and the record
+//! commits in that same transaction.
+//!
+//! | the instance dies or stalls | transactional `PostgresStore` | any other store |
+//! |---|---|---|
+//! | before its transaction commits | effect rolled back; after the lease the key runs once | runs again: twice if the effect was written |
+//! | after the commit, before the response is sent | effect and result committed together: a retry replays | runs again: twice |
+//! | paused past its lease, then resumes and commits | its commit is fenced out and rolled back: once | twice |
+//! | the handler answers 5xx, panics or is dropped | rolled back, then the key is released: the retry runs at once, once | the retry runs again |
+//!
+//! What remains:
+//!
+//! * Writes the handler makes outside the transaction (another connection,
+//!   a third party's API) are outside the guarantee; a handler that keeps
+//!   the transaction past its end (a spawned task, a streaming body) is
+//!   rolled back and answered 500 ([transaction-escaped](#transaction-escaped)).
+//! * A duplicate that arrives between the fenced write and the commit waits
+//!   on the record's row lock, up to the store's `lock_timeout`, then gets
+//!   409.
+//! * A commit whose answer is lost is answered 503: the record tells the
+//!   retry what happened (a replay if it committed, a run if not).
+//! * A handler idle inside its transaction for twice the lease loses it
+//!   (the database ends the session), so that a stopped instance cannot
+//!   hold rows for hours.
+//!
 //! # Example
 //!
 //! ```
@@ -66,7 +100,9 @@
 //!
 //! ## request-in-flight
 //! `409` with `Retry-After`: the first request with this key is still
-//! running. Retrying later returns its result.
+//! running. Retrying later returns its result. With a transactional store,
+//! also: this request's claim was taken over before its commit (its lease
+//! ran out while it was paused), and its writes were rolled back.
 //!
 //! ## idempotency-key-reused
 //! `422`: the key was first used with a different method, path, query or body.
@@ -85,7 +121,15 @@
 //!
 //! ## store-unavailable
 //! `503` with `Retry-After`: the store failed, and the layer fails closed (see
-//! [`fail_open`](IdempotencyLayer::fail_open)).
+//! [`fail_open`](IdempotencyLayer::fail_open)). With a transactional store,
+//! also: the handler's transaction could not be opened, or its commit failed
+//! or went unanswered (the handler's writes were rolled back, or committed
+//! with the record, which the retry then replays).
+//!
+//! ## transaction-escaped
+//! `500`: with a transactional store, the handler kept its transaction
+//! handle past its end (moved into a spawned task or a streaming body).
+//! Its writes were rolled back and the key released.
 
 mod body;
 mod buffer;

@@ -249,12 +249,12 @@ impl<St: IdempotencyStore> Once<St> {
     /// let once = Once::new(store);
     /// let payload = r#"{"order":17}"#;
     /// once.run_in_transaction("orders", "message-17", Fingerprint::of(payload), |tx: PgTransaction| async move {
-    ///     let mut conn = tx.acquire().await.map_err(Failure::release)?;
+    ///     let mut conn = tx.acquire().await.map_err(|e| Failure::release(std::io::Error::other(e)))?;
     ///     sqlx::query("INSERT INTO shipments (order_id) VALUES (17)")
     ///         .execute(&mut *conn)
     ///         .await
-    ///         .map_err(Failure::release)?;
-    ///     Ok::<_, Failure<Box<dyn std::error::Error + Send + Sync>>>(())
+    ///         .map_err(|e| Failure::release(std::io::Error::other(e)))?;
+    ///     Ok::<_, Failure<std::io::Error>>(())
     /// })
     /// .await?;
     /// # Ok(()) }

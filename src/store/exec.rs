@@ -133,8 +133,9 @@ pub(crate) struct HeldClaim<St: IdempotencyStore> {
     lease_ends: Mutex<Instant>,
     kept: KeptResults,
     // The work's transaction, with a transactional store (see
-    // `TransactionalStore`): the result commits in it.
-    transaction: Option<Box<dyn StoreTransaction>>,
+    // `TransactionalStore`): the result commits in it. Boxed once more, to
+    // a thin pointer: every keyed request's state holds this field.
+    transaction: Option<Box<Box<dyn StoreTransaction>>>,
     settled: bool,
 }
 
@@ -160,12 +161,18 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         }
     }
 
+    /// Whether the store is transactional: the work then runs in a
+    /// transaction, opened with [`begin`](Self::begin).
+    pub(crate) fn wants_transaction(&self) -> bool {
+        self.store.transactions().is_some()
+    }
+
     /// Opens the work's transaction when the store is transactional; with
     /// any other store this does nothing.
     pub(crate) async fn begin(&mut self) -> Result<(), StoreError> {
         if let Some(store) = self.store.transactions() {
             let begin = store.begin(&self.record, self.token, self.lease);
-            self.transaction = Some(begin.await?);
+            self.transaction = Some(Box::new(begin.await?));
         }
         Ok(())
     }
@@ -187,8 +194,7 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         }
     }
 
-    /// Stores the work's outcome in the work's transaction and commits both;
-    /// without a transaction, [`complete`](Self::complete)s.
+    /// Stores the work's outcome in the work's transaction and commits both.
     ///
     /// Never completes the record outside the transaction: a result kept
     /// after a failed commit would replay an effect that was rolled back.
@@ -200,13 +206,13 @@ impl<St: IdempotencyStore> HeldClaim<St> {
         outcome: StoredOutcome,
         ttl: Duration,
     ) -> Result<(), CommitError> {
-        let Some(transaction) = self.transaction.take() else {
-            let again = outcome.clone();
-            self.complete(outcome, move || again, ttl).await;
-            return Ok(());
-        };
         self.settled = true;
-        let committed = transaction.commit(outcome, ttl).await;
+        let Some(transaction) = self.transaction.take() else {
+            return Err(CommitError::Failed(StoreError::unavailable(
+                "no transaction to commit in",
+            )));
+        };
+        let committed = (*transaction).commit(outcome, ttl).await;
         match &committed {
             Ok(()) | Err(CommitError::LeaseLost) => {}
             Err(err) => {
@@ -387,12 +393,17 @@ impl<St: IdempotencyStore> HeldClaim<St> {
     /// behind for that run to repeat.
     pub(crate) fn release(&mut self) -> impl Future<Output = ()> {
         self.settled = true;
-        let transaction = self.transaction.take();
+        let rollback = self
+            .transaction
+            .take()
+            .map(|transaction| (*transaction).rollback());
         async move {
-            if let Some(transaction) = transaction {
-                transaction.rollback().await;
+            if let Some(rollback) = rollback {
+                rollback.await;
             }
-            self.release_key().await;
+            if let Err(err) = self.store.release(&self.record, self.token).await {
+                tracing::warn!(error = %err, key = self.record.key(), "failed to release idempotency claim");
+            }
         }
     }
 }
@@ -412,7 +423,7 @@ impl<St: IdempotencyStore> Drop for HeldClaim<St> {
         let has_transaction = transaction.is_some();
         let mut release = Box::pin(async move {
             if let Some(transaction) = transaction {
-                transaction.rollback().await;
+                (*transaction).rollback().await;
             }
             if let Err(err) = store.release(&record, token).await {
                 tracing::warn!(error = %err, key = record.key(), "failed to release idempotency claim of unfinished work");

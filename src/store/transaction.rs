@@ -12,6 +12,12 @@ use super::{FencingToken, RecordKey, StoreError, StoredOutcome};
 
 /// A boxed, sendable future: the transactional path opens a transaction per
 /// execution, and a trait object keeps the extension optional for stores.
+///
+/// ```
+/// use tower_reissue::idempotency::store::BoxFuture;
+///
+/// let answer: BoxFuture<u8> = Box::pin(async { 42 });
+/// ```
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// A store whose records can commit in the same transaction as the work.
@@ -38,6 +44,61 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///    key released.
 ///
 /// `PostgresStore` (feature `postgres`) implements it.
+///
+/// # Example
+///
+/// A store whose transactions are a log of what was committed, to show the
+/// shape (a real one wraps a database transaction):
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use tower_reissue::idempotency::store::{
+///     BoxFuture, CommitError, FencingToken, RecordKey, StoreError, StoreTransaction,
+///     StoredOutcome, TransactionalStore,
+/// };
+///
+/// #[derive(Clone, Default)]
+/// struct Log(Arc<Mutex<Vec<String>>>);
+///
+/// struct Entry {
+///     log: Log,
+///     key: String,
+/// }
+///
+/// impl StoreTransaction for Entry {
+///     fn attach(&self, extensions: &mut http::Extensions) {
+///         // The work finds the log in its request's extensions.
+///         extensions.insert(self.log.clone());
+///     }
+///     fn commit(self: Box<Self>, _outcome: StoredOutcome, _ttl: Duration) -> BoxFuture<Result<(), CommitError>> {
+///         Box::pin(async move {
+///             self.log.0.lock().unwrap().push(format!("committed {}", self.key));
+///             Ok(())
+///         })
+///     }
+///     fn rollback(self: Box<Self>) -> BoxFuture<()> {
+///         Box::pin(async {})
+///     }
+/// }
+///
+/// impl TransactionalStore for Log {
+///     fn begin(&self, key: &RecordKey, _token: FencingToken, _lease: Duration)
+///         -> BoxFuture<Result<Box<dyn StoreTransaction>, StoreError>>
+///     {
+///         let entry = Entry { log: self.clone(), key: key.key().to_owned() };
+///         Box::pin(async move { Ok(Box::new(entry) as Box<dyn StoreTransaction>) })
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let log = Log::default();
+/// let tx = log.begin(&RecordKey::new("p", "k"), FencingToken::new(1), Duration::from_secs(1)).await?;
+/// tx.commit(StoredOutcome::Failed("x".into()), Duration::from_secs(1)).await.unwrap();
+/// assert_eq!(log.0.lock().unwrap()[0], "committed k");
+/// # Ok::<_, StoreError>(())
+/// # }).unwrap();
+/// ```
 pub trait TransactionalStore: Send + Sync {
     /// Opens a transaction for the execution that holds `token` on `key`,
     /// whose lease is `lease`.
@@ -53,7 +114,7 @@ pub trait TransactionalStore: Send + Sync {
 ///
 /// Dropping it without [`commit`](Self::commit) or
 /// [`rollback`](Self::rollback) must roll it back (it is dropped when the
-/// request's future is).
+/// request's future is). See [`TransactionalStore`] for an example.
 pub trait StoreTransaction: Send + Sync + 'static {
     /// Hands the transaction to the work: inserts its handle into
     /// `extensions` (a request's, or ones made for a [`Once`](crate::Once)
@@ -74,6 +135,12 @@ pub trait StoreTransaction: Send + Sync + 'static {
 }
 
 /// Why [`StoreTransaction::commit`] did not commit.
+///
+/// ```
+/// use tower_reissue::idempotency::store::CommitError;
+///
+/// assert!(CommitError::LeaseLost.to_string().contains("rolled back"));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CommitError {

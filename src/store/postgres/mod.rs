@@ -52,8 +52,9 @@ use super::{
 ///   503 with `Retry-After`, and its key is released.
 ///
 /// The work transaction is READ COMMITTED, and sets
-/// `idle_in_transaction_session_timeout` to the lease (at least 1 s), so a
-/// vanished instance's transaction cannot hold rows for hours.
+/// `idle_in_transaction_session_timeout` to twice the lease (see
+/// [`idle_timeout`](PostgresStoreBuilder::idle_timeout)), so a stopped or
+/// cut-off instance's transaction cannot hold rows for hours.
 ///
 /// # Clock and schema
 ///
@@ -100,6 +101,7 @@ struct Inner {
     work: PgPool,
     sql: Statements,
     transactional: bool,
+    idle_timeout: Option<Duration>,
 }
 
 /// Builds a [`PostgresStore`]; from [`PostgresStore::builder`].
@@ -127,6 +129,7 @@ pub struct PostgresStoreBuilder {
     lock_timeout: Duration,
     acquire_timeout: Duration,
     transactional: bool,
+    idle_timeout: Option<Duration>,
 }
 
 impl PostgresStoreBuilder {
@@ -165,6 +168,15 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// How long a handler may sit idle inside its transaction before the
+    /// database ends it (`idle_in_transaction_session_timeout`; default
+    /// twice the lease, and never less than the lease). It bounds how long a
+    /// stopped or cut-off instance's transaction holds its rows.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
     /// Whether handlers get the transaction the record commits in (default
     /// `true`). With `false` the store keeps records apart from the work,
     /// like any other store.
@@ -199,6 +211,7 @@ impl PostgresStoreBuilder {
                 work,
                 sql: Statements::new(&self.table),
                 transactional: self.transactional,
+                idle_timeout: self.idle_timeout,
             }),
         })
     }
@@ -222,6 +235,7 @@ impl PostgresStore {
             lock_timeout: Duration::from_secs(2),
             acquire_timeout: Duration::from_secs(2),
             transactional: true,
+            idle_timeout: None,
         }
     }
 

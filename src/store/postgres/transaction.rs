@@ -200,10 +200,17 @@ impl Work {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Self, StoreError> {
-        // Twice the lease: past it, a stopped or cut-off instance's
-        // transaction is ended by the database, whose rows it held; a
-        // handler idle inside it for that long loses it.
-        let idle = millis(lease.max(Duration::from_millis(500)) * 2);
+        // By default twice the lease: past it, a stopped or cut-off
+        // instance's transaction is ended by the database, whose rows it
+        // held; a handler idle inside it for that long loses it.
+        let idle = millis(
+            store
+                .inner
+                .idle_timeout
+                .unwrap_or(lease * 2)
+                .max(lease)
+                .max(Duration::from_millis(1)),
+        );
         // One round trip: sqlx sends a custom `BEGIN` as one simple query.
         let transaction = store
             .inner
