@@ -20,9 +20,12 @@
 //! each waiting for its answer before sending the next, over keep-alive
 //! connections of a hyper-util legacy client). Then, for the summary, the
 //! variants run at 32 in flight in interleaved rounds (`ROUNDS`, default 5,
-//! of `REQUESTS`, default 2,048, requests each; the median of the rounds),
-//! since on a shared machine one long measurement per variant mostly
-//! measures what else ran at the time.
+//! of `REQUESTS`, default 2,048, requests each; the median of the rounds,
+//! and of each round's own ratio of the store to the floor), since on a
+//! shared machine one long measurement per variant mostly measures what
+//! else ran at the time. The summary also gives the CPU time of this
+//! process (client and apps, not PostgreSQL) per request.
+//! `PROFILE=VARIANT` runs only that variant, for a profiler.
 //!
 //! Round trips to PostgreSQL are counted by a proxy ([`proxy`]) between a
 //! second copy of each app's pools and the server, which reads the frontend
@@ -323,6 +326,21 @@ struct Variant {
     uri: String,
     keys: Keys,
     rates: Vec<f64>,
+    // CPU time of this process (client and app, not PostgreSQL) per
+    // request, in microseconds, per round.
+    cpu: Vec<f64>,
+}
+
+/// CPU time this process has used, user and system, in microseconds.
+fn cpu_micros() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
 }
 
 async fn serve(app: Router) -> String {
@@ -474,6 +492,7 @@ fn main() {
         uri: direct[at].clone(),
         keys,
         rates: Vec::new(),
+        cpu: Vec::new(),
     };
     let mut variants = [
         variant("bare", 0, Keys::New),
@@ -502,6 +521,14 @@ fn main() {
             .await;
         }
     });
+
+    // `PROFILE=VARIANT`: only that variant, at 32 in flight, for a
+    // profiler to sample; no criterion, no summary.
+    if let Ok(only) = std::env::var("PROFILE") {
+        let variant = variants.iter().find(|v| v.name == only).expect("a variant");
+        client_runtime.block_on(run(&client, &variant.uri, variant.keys, 32 * 1024));
+        return;
+    }
 
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -537,7 +564,9 @@ fn main() {
     client_runtime.block_on(async {
         for _ in 0..rounds {
             for variant in &mut variants {
+                let cpu = cpu_micros();
                 let took = run(&client, &variant.uri, variant.keys, sent).await;
+                variant.cpu.push((cpu_micros() - cpu) / sent as f64);
                 variant.rates.push(sent as f64 / took.as_secs_f64());
             }
         }
@@ -577,29 +606,45 @@ fn main() {
     criterion.final_summary();
     let rate = |at: usize| median(&mut variants[at].rates.clone());
     let (bare, minimal, store_new, replay) = (rate(0), rate(1), rate(2), rate(3));
+    // The ratio within each round, whose variants ran back to back on the
+    // same machine load: steadier than the ratio of two medians.
+    let mut paired: Vec<f64> = variants[2]
+        .rates
+        .iter()
+        .zip(&variants[1].rates)
+        .map(|(store, floor)| store / floor)
+        .collect();
+    let paired = median(&mut paired);
     eprintln!();
     eprintln!(
         "PostgreSQL over loopback, {IN_FLIGHT} in flight: median of {rounds} interleaved rounds of {sent} requests"
     );
     eprintln!(
-        "{:<14} {:>9} {:>9} {:>24} {:>11} {:>8}",
-        "variant", "req/s", "vs bare", "round trips/req (total)", "statements", "pings"
+        "{:<14} {:>9} {:>9} {:>24} {:>11} {:>8} {:>14}",
+        "variant",
+        "req/s",
+        "vs bare",
+        "round trips/req (total)",
+        "statements",
+        "pings",
+        "app CPU µs/req"
     );
     for (variant, (statements, pings)) in variants.iter_mut().zip(&round_trips) {
         eprintln!(
-            "{:<14} {:>9.0} {:>8.3}x {:>24.2} {:>11.2} {:>8.2}",
+            "{:<14} {:>9.0} {:>8.3}x {:>24.2} {:>11.2} {:>8.2} {:>14.1}",
             variant.name,
             median(&mut variant.rates),
             median(&mut variant.rates) / bare,
             statements + pings,
             statements,
-            pings
+            pings,
+            median(&mut variant.cpu)
         );
     }
     let extra = |at: usize| round_trips[at].0 - round_trips[0].0;
     eprintln!();
     eprintln!(
-        "store_new / minimal  {:.3}x   (goal >= 0.9x)",
+        "store_new / minimal  {:.3}x (median of the rounds' own ratios: {paired:.3}x; goal >= 0.9x)",
         store_new / minimal
     );
     eprintln!("store_new / bare     {:.3}x", store_new / bare);

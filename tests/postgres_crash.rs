@@ -88,7 +88,7 @@ impl Instance {
             .await
             .expect("payments listens within 30 s")
             .unwrap()
-            .expect("a first line");
+            .expect("payments exited before listening: was it built with this test's features? `cargo test` builds the examples");
         let addr = first
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))

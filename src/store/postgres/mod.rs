@@ -185,6 +185,11 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// The idle timeout of a transaction under the default lease.
+    fn session_idle_timeout(&self) -> Duration {
+        idle_timeout(self.idle_timeout, DEFAULT_LEASE)
+    }
+
     /// Connects (the claims pool at once, the work pool on first use).
     pub async fn connect(self) -> Result<PostgresStore, PostgresError> {
         check_table(&self.table)?;
@@ -204,7 +209,22 @@ impl PostgresStoreBuilder {
             .max_connections(self.work_connections)
             .acquire_timeout(self.acquire_timeout)
             .test_before_acquire(false)
-            .connect_lazy_with(options);
+            // The timeout of the default lease's transactions as the
+            // session's own: their `BEGIN` need not set it.
+            .connect_lazy_with(options.options([
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", millis(self.session_idle_timeout())),
+                ),
+                // As the session's default, not with `BEGIN ISOLATION
+                // LEVEL`: a level set per transaction makes PostgreSQL
+                // reset every setting at its end, measurably slower.
+                // sqlx writes `-c name=value` unescaped: the space is escaped here.
+                (
+                    "default_transaction_isolation",
+                    r"read\ committed".to_owned(),
+                ),
+            ]));
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 claims,
@@ -215,6 +235,18 @@ impl PostgresStoreBuilder {
             }),
         })
     }
+}
+
+/// `IdempotencyLayer`'s and `Once`'s default lease.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a transaction under `lease` may sit idle: `configured`, or
+/// twice the lease; never less than the lease.
+fn idle_timeout(configured: Option<Duration>, lease: Duration) -> Duration {
+    configured
+        .unwrap_or(lease * 2)
+        .max(lease)
+        .max(Duration::from_millis(1))
 }
 
 /// Rows deleted per statement by [`PostgresStore::purge_expired`].
@@ -292,6 +324,8 @@ impl PostgresStore {
 
     /// Deletes every record that is no longer live, in batches; returns how
     /// many. Run it now and then (expired records already behave as absent).
+    /// It scans the table: `expires_at` has no index, so that a completion,
+    /// which changes it, stays a cheap in-page (HOT) update.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {

@@ -35,8 +35,8 @@ pub(super) fn check_table(name: &str) -> Result<(), PostgresError> {
     let mut chars = name.chars();
     let valid = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        // Room for the longest suffix (`_expires_at`) in PostgreSQL's
-        // 63-byte identifiers.
+        // Room for the suffixes of its sequence and schema table (`_token`,
+        // `_schema`) in PostgreSQL's 63-byte identifiers, with some to spare.
         && name.len() <= 52;
     if valid {
         Ok(())

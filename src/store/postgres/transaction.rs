@@ -1,6 +1,7 @@
 //! The handler's transaction: the handle handed to the handler, and the
 //! store's side of it, which commits the record with the handler's writes.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
-use super::{PostgresStore, millis, token_value};
+use super::{DEFAULT_LEASE, PostgresStore, idle_timeout, millis, token_value};
 use crate::store::{
     BoxFuture, CommitError, FencingToken, RecordKey, StoreError, StoreTransaction, StoredOutcome,
 };
@@ -203,22 +204,22 @@ impl Work {
         // By default twice the lease: past it, a stopped or cut-off
         // instance's transaction is ended by the database, whose rows it
         // held; a handler idle inside it for that long loses it.
-        let idle = millis(
-            store
-                .inner
-                .idle_timeout
-                .unwrap_or(lease * 2)
-                .max(lease)
-                .max(Duration::from_millis(1)),
-        );
+        let idle = idle_timeout(store.inner.idle_timeout, lease);
         // One round trip: sqlx sends a custom `BEGIN` as one simple query.
+        // The work pool's sessions are READ COMMITTED and already have the
+        // default lease's timeout.
+        let begin = if idle == idle_timeout(store.inner.idle_timeout, DEFAULT_LEASE) {
+            Cow::Borrowed("BEGIN")
+        } else {
+            Cow::Owned(format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
+                millis(idle)
+            ))
+        };
         let transaction = store
             .inner
             .work
-            .begin_with(format!(
-                "BEGIN ISOLATION LEVEL READ COMMITTED; \
-                 SET LOCAL idle_in_transaction_session_timeout = {idle}"
-            ))
+            .begin_with(begin)
             .await
             .map_err(StoreError::unavailable)?;
         Ok(Self {
