@@ -60,7 +60,6 @@ where
 {
     Keyed {
         inner: Some(inner),
-        transactional: false,
         settle: settle::<St, ResBody, S::Error>,
         stage: Stage::Prepare {
             future: prepare(store, config.clone(), record, parts, body),
@@ -181,8 +180,6 @@ pin_project! {
     {
         // Until the handler is called.
         inner: Option<S>,
-        // Whether the handler writes in the claim's transaction.
-        transactional: bool,
         config: Arc<Config>,
         settle: Settle<St, ResBody, E, Fut>,
         #[pin]
@@ -252,17 +249,14 @@ where
                         Prepared::Unprotected(request) => Stage::Unprotected {
                             call: take_inner(this.inner).call(request),
                         },
-                        Prepared::Acquired(request, held) => {
-                            *this.transactional = held.is_transactional();
-                            Stage::Running {
-                                work: Execute::Calling {
-                                    call: take_inner(this.inner).call(request),
-                                },
-                                held: Some(held),
-                                renewer: Renewer::new(this.config.rules.lease),
-                                lost: false,
-                            }
-                        }
+                        Prepared::Acquired(request, held) => Stage::Running {
+                            work: Execute::Calling {
+                                call: take_inner(this.inner).call(request),
+                            },
+                            held: Some(held),
+                            renewer: Renewer::new(this.config.rules.lease),
+                            lost: false,
+                        },
                     };
                     this.stage.set(next);
                 }
@@ -311,7 +305,7 @@ where
         // Work in a transaction that is dropped while its handler runs is
         // rolled back and its key released (see `HeldClaim`'s drop); once
         // its result is being committed, it is finished like any other.
-        !(self.transactional && matches!(self.stage, Stage::Running { .. }))
+        !matches!(&self.stage, Stage::Running { held: Some(held), .. } if held.is_transactional())
     }
 }
 
