@@ -67,6 +67,26 @@ struct Server {
 }
 
 async fn serve() -> Server {
+    serve_with(|layer| layer).await
+}
+
+/// A handler that ignores the transaction: its write autocommits on a
+/// pool of its own, outside the guarantee.
+async fn outside(
+    axum::extract::State(pool): axum::extract::State<PgPool>,
+    body: String,
+) -> (StatusCode, String) {
+    sqlx::query("INSERT INTO payments (reference) VALUES ($1)")
+        .bind(&body)
+        .execute(&pool)
+        .await
+        .unwrap();
+    (StatusCode::CREATED, body)
+}
+
+async fn serve_with(
+    configure: impl FnOnce(IdempotencyLayer<PostgresStore>) -> IdempotencyLayer<PostgresStore>,
+) -> Server {
     let url = pg_server::fresh_database("http").await;
     let store = PostgresStore::builder(&url)
         .connect()
@@ -81,7 +101,9 @@ async fn serve() -> Server {
     let app = Router::new()
         .route("/payments", post(pay))
         .route("/open", post(no_key))
-        .layer(IdempotencyLayer::new(store.clone()))
+        .route("/outside", post(outside))
+        .with_state(pool.clone())
+        .layer(configure(IdempotencyLayer::new(store.clone())))
         // Outside the layer, as servers run it: a request past it is
         // answered 408 and its future (the handler's too) dropped.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -234,4 +256,38 @@ async fn the_extractor_without_a_transaction_says_why() {
     let (status, answer) = post_raw(server.addr, "/open", None, "201", "").await;
     assert_eq!(status, 500);
     assert!(answer.contains("no idempotency transaction"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_5xx_commits_with_its_write() {
+    // `store_server_errors`: the 500 is the result, stored and replayed,
+    // and the write made before it commits with it.
+    let server = serve_with(|layer| layer.store_server_errors()).await;
+    let (status, _) = post_raw(server.addr, "/payments", Some("k6"), "500", "order-6").await;
+    assert_eq!(status, 500);
+    let (status, again) = post_raw(server.addr, "/payments", Some("k6"), "500", "order-6").await;
+    assert_eq!(status, 500);
+    assert!(
+        again
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{again}"
+    );
+    assert_eq!(rows(&server.pool, "order-6").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_ignores_the_transaction_still_works() {
+    let server = serve().await;
+    let (status, first) = post_raw(server.addr, "/outside", Some("k7"), "201", "order-7").await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = post_raw(server.addr, "/outside", Some("k7"), "201", "order-7").await;
+    assert_eq!(status, 201, "{again}");
+    assert!(
+        again
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{again}"
+    );
+    assert_eq!(rows(&server.pool, "order-7").await, 1);
 }

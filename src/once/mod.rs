@@ -240,6 +240,8 @@ impl<St: IdempotencyStore> Once<St> {
     /// closure does not run).
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # mod example {
     /// use tower_reissue::idempotency::PgTransaction;
     /// use tower_reissue::idempotency::store::{Fingerprint, PostgresStore};
     /// use tower_reissue::once::Failure;
@@ -258,6 +260,7 @@ impl<St: IdempotencyStore> Once<St> {
     /// })
     /// .await?;
     /// # Ok(()) }
+    /// # }
     /// ```
     pub async fn run_in_transaction<Tx, T, E, F, Fut>(
         &self,
