@@ -32,6 +32,12 @@ async fn concurrent_claims_acquire_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn clones_share_records_and_a_late_holder_is_fenced_out() {
+    let store = MemoryStore::new();
+    store_conformance::check_takeover(&store, &store.clone(), Timing::PAUSED).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn memory_store_stays_within_its_bound() {
     let store = MemoryStore::with_max_records(3);
     let fp = Fingerprint::from_bytes([4; 32]);

@@ -11,12 +11,9 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection};
 use tower_reissue::PostgresStore;
 use tower_reissue::conformance::store::{
-    self as store_conformance, Timing, acquire, assert_completed, assert_fenced, fingerprint,
-    outcome,
+    self as store_conformance, Timing, acquire, assert_completed, fingerprint, outcome,
 };
-use tower_reissue::idempotency::store::{
-    Claim, IdempotencyStore, PostgresError, RecordKey, StoreError,
-};
+use tower_reissue::idempotency::store::{Claim, IdempotencyStore, PostgresError, RecordKey};
 
 async fn store_at(url: &str) -> PostgresStore {
     let store = PostgresStore::connect(url).await.expect("connect");
@@ -40,31 +37,8 @@ async fn concurrent_claims_acquire_once() {
 async fn two_pools_share_records_and_a_late_holder_is_fenced_out() {
     // Two instances, each with its own pools, on one database.
     let url = pg_server::fresh_database("two_pools").await;
-    let a = store_at(&url).await;
-    let b = store_at(&url).await;
-    let key = RecordKey::new("alice", "charge-1");
-    let lease = Duration::from_millis(200);
-
-    let token_a = acquire(&a, &key, &fingerprint(1), lease).await;
-    assert!(matches!(
-        b.claim(&key, &fingerprint(1), lease).await.unwrap(),
-        Claim::InFlight { .. }
-    ));
-    // A stalls past its lease; B's duplicate takes over.
-    tokio::time::sleep(lease + Duration::from_millis(150)).await;
-    let token_b = acquire(&b, &key, &fingerprint(1), Duration::from_secs(60)).await;
-    assert!(token_b > token_a);
-    assert!(matches!(
-        a.complete(&key, token_a, outcome("A"), Duration::from_secs(60))
-            .await,
-        Err(StoreError::LeaseLost)
-    ));
-    b.complete(&key, token_b, outcome("B"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_fenced(&a, &key, token_a, Duration::from_secs(60)).await;
-    assert_completed(&a, &key, &fingerprint(1), &outcome("B")).await;
-    assert_completed(&b, &key, &fingerprint(1), &outcome("B")).await;
+    let (a, b) = (store_at(&url).await, store_at(&url).await);
+    store_conformance::check_takeover(&a, &b, Timing::REAL).await;
 }
 
 #[tokio::test]

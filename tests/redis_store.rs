@@ -12,8 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis_server::RedisServer;
 use tower_reissue::RedisStore;
 use tower_reissue::conformance::store::{
-    self as store_conformance, Timing, acquire, assert_completed, assert_fenced, fingerprint,
-    outcome,
+    self as store_conformance, Timing, acquire, assert_fenced, fingerprint, outcome,
 };
 use tower_reissue::idempotency::store::{Claim, IdempotencyStore, RecordKey, StoreError};
 
@@ -60,29 +59,7 @@ async fn a_late_holder_cannot_overwrite_the_next_one() {
     let prefix = unique_prefix();
     let a = store_at(&server, &prefix).await;
     let b = store_at(&server, &prefix).await;
-    let key = RecordKey::new("alice", "charge-1");
-    let lease = Duration::from_millis(200);
-
-    let token_a = acquire(&a, &key, &fingerprint(1), lease).await;
-    // A stalls past its lease (a GC pause, a partition); B's duplicate takes over.
-    tokio::time::sleep(lease + Duration::from_millis(150)).await;
-    let token_b = acquire(&b, &key, &fingerprint(1), Duration::from_secs(60)).await;
-    assert!(token_b > token_a);
-
-    // A wakes up and tries to store its result: rejected, nothing changed.
-    assert!(matches!(
-        a.complete(&key, token_a, outcome("A"), Duration::from_secs(60))
-            .await,
-        Err(StoreError::LeaseLost)
-    ));
-    b.complete(&key, token_b, outcome("B"), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_fenced(&a, &key, token_a, Duration::from_secs(60)).await;
-
-    // Both instances replay B's result.
-    assert_completed(&a, &key, &fingerprint(1), &outcome("B")).await;
-    assert_completed(&b, &key, &fingerprint(1), &outcome("B")).await;
+    store_conformance::check_takeover(&a, &b, Timing::REAL).await;
 }
 
 #[tokio::test]

@@ -456,6 +456,52 @@ async fn ttl_ends_a_completed_record<S: IdempotencyStore>(
     vec![token, token2, next]
 }
 
+/// Checks two instances of a store that share its records (two connection
+/// pools on one database, two clients of one Redis): `a` claims a key and
+/// stalls past its lease, `b` takes the key over, `a`'s late completion is
+/// refused and changes nothing, and both then replay `b`'s result.
+///
+/// ```
+/// use tower_reissue::MemoryStore;
+/// use tower_reissue::conformance::store::{Timing, check_takeover};
+///
+/// #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// async fn main() {
+///     // Clones of a `MemoryStore` share its records.
+///     let store = MemoryStore::new();
+///     check_takeover(&store, &store.clone(), Timing::PAUSED).await;
+/// }
+/// ```
+pub async fn check_takeover<S: IdempotencyStore>(a: &S, b: &S, timing: Timing) {
+    let key = RecordKey::new("alice", "charge-1");
+    let token_a = acquire(a, &key, &fingerprint(1), timing.short).await;
+    assert!(
+        matches!(
+            b.claim(&key, &fingerprint(1), timing.short).await,
+            Ok(Claim::InFlight { .. })
+        ),
+        "the other instance sees the claim in flight"
+    );
+    // A stalls past its lease (a GC pause, a partition); B's duplicate takes over.
+    timing.wait_out_short().await;
+    let token_b = acquire(b, &key, &fingerprint(1), timing.long).await;
+    assert_ne!(token_b, token_a, "a takeover gets a token of its own");
+    // A wakes up and tries to store its result: refused, nothing changed.
+    assert!(
+        matches!(
+            a.complete(&key, token_a, outcome("A"), timing.long).await,
+            Err(StoreError::LeaseLost)
+        ),
+        "the late holder's completion is refused"
+    );
+    b.complete(&key, token_b, outcome("B"), timing.long)
+        .await
+        .expect("the new holder completes");
+    assert_fenced(a, &key, token_a, timing.long).await;
+    assert_completed(a, &key, &fingerprint(1), &outcome("B")).await;
+    assert_completed(b, &key, &fingerprint(1), &outcome("B")).await;
+}
+
 /// Of many concurrent claims of a free key, exactly one is acquired, and the
 /// others see it in flight. Run it on a multi-threaded runtime, so that the
 /// claims truly race. It uses the key `same` of the principal `p`.
