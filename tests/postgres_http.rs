@@ -37,6 +37,16 @@ async fn pay(
     }
     match headers.get("x-then").map(|v| v.to_str().unwrap_or("")) {
         Some("500") => Err(StatusCode::INTERNAL_SERVER_ERROR),
+        Some("failed-statement") => {
+            // A statement fails and the handler answers anyway: the
+            // transaction is aborted, so nothing of it can commit.
+            let mut conn = tx.acquire().await.map_err(|_| StatusCode::IM_A_TEAPOT)?;
+            let failed = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                .execute(&mut *conn)
+                .await;
+            assert!(failed.is_err());
+            Err(StatusCode::UNPROCESSABLE_ENTITY)
+        }
         Some("panic") => panic!("the handler panics after its write"),
         Some("escape") => {
             let kept = tx.clone();
@@ -290,4 +300,28 @@ async fn a_handler_that_ignores_the_transaction_still_works() {
         "{again}"
     );
     assert_eq!(rows(&server.pool, "order-7").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_transaction_answers_as_the_handler_did_and_stores_nothing() {
+    let server = serve().await;
+    // 422 would be stored; the transaction it ran in cannot commit, so the
+    // answer goes out unstored, and the key is released.
+    let (status, answer) = post_raw(
+        server.addr,
+        "/payments",
+        Some("k8"),
+        "failed-statement",
+        "order-8",
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(rows(&server.pool, "order-8").await, 0);
+    let (status, answer) = post_raw(server.addr, "/payments", Some("k8"), "201", "order-8").await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("idempotent-replayed"),
+        "{answer}"
+    );
+    assert_eq!(rows(&server.pool, "order-8").await, 1);
 }

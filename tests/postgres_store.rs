@@ -179,3 +179,43 @@ async fn a_claim_that_waits_past_the_lock_timeout_is_in_flight() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_waits_for_a_commit_replays_it() {
+    // A completion's commit holds the record's row; a duplicate arriving
+    // then waits for the commit and gets the stored result, not a 409.
+    let url = pg_server::fresh_database("wait_commit").await;
+    let store = store_at(&url).await;
+    let key = RecordKey::new("p", "k");
+    let token = acquire(&store, &key, &fingerprint(4), Duration::from_secs(60)).await;
+    let mut holder = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut holder).await.unwrap();
+    let done = sqlx::query(
+        "UPDATE tower_reissue_records SET completed = true, outcome = $1, \
+         expires_at = clock_timestamp() + interval '1 hour' WHERE key = 'k' AND token = $2",
+    )
+    .bind(&outcome("done").to_bytes()[..])
+    .bind(token.get() as i64)
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+    let waiting = {
+        let store = store.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            store
+                .claim(&key, &fingerprint(4), Duration::from_secs(60))
+                .await
+        })
+    };
+    // The claim is now waiting on the row's lock (its lock_timeout is 2 s).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the claim waits for the commit");
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    let claim = waiting.await.unwrap().unwrap();
+    assert!(
+        matches!(&claim, Claim::Completed { outcome: stored, .. } if *stored == outcome("done")),
+        "{claim:?}"
+    );
+}

@@ -388,6 +388,10 @@ where
     };
     match held.commit(outcome, config.ttl).await {
         Ok(()) => Ok(response),
+        // The handler answered after a statement of its own failed: its
+        // answer goes out as it is, unstored, its writes rolled back and
+        // its key released.
+        Err(CommitError::Aborted) => Ok(response),
         Err(err) => Ok(not_committed(err, &config)),
     }
 }

@@ -55,8 +55,11 @@
 //!   the transaction past its end (a spawned task, a streaming body) is
 //!   rolled back and answered 500 ([transaction-escaped](#transaction-escaped)).
 //! * A duplicate that arrives between the fenced write and the commit waits
-//!   on the record's row lock, up to the store's `lock_timeout`, then gets
-//!   409.
+//!   on the record's row lock and replays the committed result; past the
+//!   store's `lock_timeout` it gets 409.
+//! * A statement of the handler's own that fails aborts the transaction:
+//!   nothing it wrote commits, its answer goes out unstored and its key is
+//!   released (run a statement that may fail under a savepoint).
 //! * A commit whose answer is lost is answered 503: the record tells the
 //!   retry what happened (a replay if it committed, a run if not).
 //! * A handler idle inside its transaction for twice the lease loses it

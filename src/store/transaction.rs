@@ -41,7 +41,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///    then commits; a fenced write that matches nothing rolls back;
 /// 4. a result that is not stored (an error, a panic, a dropped future)
 ///    rolls back with [`StoreTransaction::rollback`], and only then is the
-///    key released.
+///    key released (unless the work kept the handle and holds its lock:
+///    then the rollback finishes once it lets go, and the transaction can
+///    no longer commit through the handle).
 ///
 /// `PostgresStore` (feature `postgres`) implements it.
 ///
@@ -149,8 +151,16 @@ pub enum CommitError {
     LeaseLost,
     /// The work kept the transaction's handle past its end (moved into a
     /// spawned task or a streaming body), so what it wrote after the commit
-    /// would be outside the guarantee. Everything was rolled back.
+    /// would be outside the guarantee. Nothing commits: the transaction is
+    /// rolled back as soon as whoever kept the handle lets go of it (the
+    /// key may be released before that; the transaction can no longer
+    /// commit through the handle).
     Escaped,
+    /// A statement of the work's own failed, so the database aborted the
+    /// transaction: nothing the work wrote commits, and its result is not
+    /// stored. (A handler that expects a statement to fail runs it under a
+    /// savepoint.)
+    Aborted,
     /// The commit failed, or its answer was lost: whether it took effect is
     /// unknown (the record says: completed if it did, still in flight under
     /// the same token if it did not).
@@ -165,6 +175,9 @@ impl fmt::Display for CommitError {
             ),
             CommitError::Escaped => f.write_str(
                 "the transaction's handle was kept past the work (a spawned task or a streaming body): rolled back",
+            ),
+            CommitError::Aborted => f.write_str(
+                "the transaction was aborted by a failed statement of the work's own: nothing it wrote commits",
             ),
             CommitError::Failed(_) => f.write_str("the transaction's commit failed or was not answered"),
         }

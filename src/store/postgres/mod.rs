@@ -155,7 +155,8 @@ impl PostgresStoreBuilder {
 
     /// How long a claim waits on a record's row lock (default 2 s): a
     /// duplicate arriving while the first request's result is being
-    /// committed waits for it, up to this, then gets 409.
+    /// committed waits for the commit and replays it; past this wait it
+    /// gets 409.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
         self
@@ -200,10 +201,18 @@ impl PostgresStoreBuilder {
             // A ping before each use would be one more round trip per
             // statement; a broken connection fails its statement instead.
             .test_before_acquire(false)
-            .connect_with(options.clone().options([(
-                "lock_timeout",
-                format!("{}ms", self.lock_timeout.as_millis().max(1)),
-            )]))
+            .connect_with(options.clone().options([
+                (
+                    "lock_timeout",
+                    format!("{}ms", pg_millis(self.lock_timeout).max(1)),
+                ),
+                // Whatever the server's default: under a stricter level a
+                // claim racing another would fail instead of waiting.
+                (
+                    "default_transaction_isolation",
+                    r"read\ committed".to_owned(),
+                ),
+            ]))
             .await?;
         let work = PgPoolOptions::new()
             .max_connections(self.work_connections)
@@ -214,7 +223,7 @@ impl PostgresStoreBuilder {
             .connect_lazy_with(options.options([
                 (
                     "idle_in_transaction_session_timeout",
-                    format!("{}ms", millis(self.session_idle_timeout())),
+                    format!("{}ms", pg_millis(self.session_idle_timeout())),
                 ),
                 // As the session's default, not with `BEGIN ISOLATION
                 // LEVEL`: a level set per transaction makes PostgreSQL
@@ -244,17 +253,24 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// twice the lease; never less than the lease.
 fn idle_timeout(configured: Option<Duration>, lease: Duration) -> Duration {
     configured
-        .unwrap_or(lease * 2)
+        .unwrap_or(lease.saturating_mul(2))
         .max(lease)
         .max(Duration::from_millis(1))
+}
+
+/// Milliseconds for a PostgreSQL timeout setting, whose largest value is
+/// `i32::MAX` (about 24.8 days).
+pub(super) fn pg_millis(duration: Duration) -> i64 {
+    millis(duration).min(i64::from(i32::MAX))
 }
 
 /// Rows deleted per statement by [`PostgresStore::purge_expired`].
 const PURGE_BATCH: i64 = 10_000;
 
 /// How often a claim is tried again when it found the key neither free nor
-/// held: the holder's row appeared after the statement's snapshot.
-const CLAIM_TRIES: usize = 4;
+/// held (the holder's row appeared after the statement's snapshot), or in
+/// flight once (see `claim`).
+const CLAIM_TRIES: usize = 5;
 
 impl PostgresStore {
     /// A builder for a store at `url` (`postgres://user@host/db`).
@@ -343,7 +359,10 @@ impl PostgresStore {
     }
 
     /// The pool of the handlers' transactions, for other work on the same
-    /// database.
+    /// database. A handler should write through its `PgTransaction`, not
+    /// take a second connection from here: with as many keyed requests in
+    /// flight as the pool has connections, each would wait for one it
+    /// holds itself.
     pub fn pool(&self) -> &PgPool {
         &self.inner.work
     }
@@ -421,6 +440,7 @@ impl IdempotencyStore for PostgresStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let sql = &self.inner.sql;
+        let mut asked_again = false;
         for _ in 0..CLAIM_TRIES {
             let row = sqlx::query(&sql.claim)
                 .bind(key.principal())
@@ -430,7 +450,14 @@ impl IdempotencyStore for PostgresStore {
                 .fetch_optional(&self.inner.claims)
                 .await;
             match row {
-                Ok(Some(row)) => return claim_of(&row),
+                Ok(Some(row)) => match claim_of(&row)? {
+                    // The statement's read sees the record as it was when
+                    // the statement began: one that waited for a
+                    // completion's commit on the row's lock still reads it
+                    // in flight. Asked again, it reads the commit.
+                    Claim::InFlight { .. } if !asked_again => asked_again = true,
+                    claim => return Ok(claim),
+                },
                 Ok(None) => continue,
                 // A completion is being committed and holds the row: the
                 // record is in flight until it commits.

@@ -60,7 +60,9 @@ impl Statements {
             // never changes a live record (the conflict's `WHERE` is
             // false), though it locks its row for the statement: a
             // duplicate that arrives while a completion is being committed
-            // waits for that commit (up to `lock_timeout`) and replays it.
+            // waits for that commit (up to `lock_timeout`). Its read still
+            // sees the record from before (the statement's snapshot), so
+            // `claim` asks once more when it reads a record in flight.
             claim: format!(
                 "WITH claimed AS (
                     INSERT INTO {t} AS r (principal, key, fingerprint, token, completed, expires_at)

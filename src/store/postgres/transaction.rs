@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
-use super::{DEFAULT_LEASE, PostgresStore, idle_timeout, millis, token_value};
+use super::{DEFAULT_LEASE, PostgresStore, idle_timeout, millis, pg_millis, token_value};
 use crate::store::{
     BoxFuture, CommitError, FencingToken, RecordKey, StoreError, StoreTransaction, StoredOutcome,
 };
@@ -186,6 +186,16 @@ impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for PgTransaction {
     }
 }
 
+/// How long a rollback waits for a handle kept past the handler to let go
+/// of the transaction before it finishes on a task of its own.
+const ESCAPED_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether PostgreSQL refused a statement because the transaction was
+/// already aborted (`25P02`, `in_failed_sql_transaction`).
+fn is_aborted(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02"))
+}
+
 /// The store's side of one execution's transaction.
 pub(super) struct Work {
     store: PostgresStore,
@@ -213,7 +223,7 @@ impl Work {
         } else {
             Cow::Owned(format!(
                 "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
-                millis(idle)
+                pg_millis(idle)
             ))
         };
         let transaction = store
@@ -252,8 +262,22 @@ impl Work {
             .bind(&bytes[..])
             .bind(millis(ttl))
             .execute(&mut *transaction)
-            .await
-            .map_err(|err| CommitError::Failed(StoreError::unavailable(err)))?;
+            .await;
+        let updated = match updated {
+            Ok(updated) => updated,
+            // A statement of the handler's own failed and it answered
+            // anyway: PostgreSQL has aborted the transaction, and nothing
+            // it wrote can commit.
+            Err(err) if is_aborted(&err) => {
+                tracing::warn!(
+                    key = self.key.key(),
+                    "the handler's transaction was aborted by a failed statement; its writes are rolled back and its answer is not stored"
+                );
+                let _ = transaction.rollback().await;
+                return Err(CommitError::Aborted);
+            }
+            Err(err) => return Err(CommitError::Failed(StoreError::unavailable(err))),
+        };
         if updated.rows_affected() == 0 {
             tracing::warn!(
                 key = self.key.key(),
@@ -284,7 +308,22 @@ impl StoreTransaction for Work {
 
     fn rollback(self: Box<Self>) -> BoxFuture<()> {
         Box::pin(async move {
-            if let Some(transaction) = self.handle.take().await {
+            // A handle kept past the handler may hold the lock: wait for it
+            // a little, then let a task of its own finish the rollback,
+            // rather than hold up the answer and the key's release.
+            let handle = self.handle.clone();
+            let taken = match tokio::time::timeout(ESCAPED_WAIT, handle.take()).await {
+                Ok(taken) => taken,
+                Err(_) => {
+                    tokio::spawn(async move {
+                        if let Some(transaction) = handle.take().await {
+                            let _ = transaction.rollback().await;
+                        }
+                    });
+                    return;
+                }
+            };
+            if let Some(transaction) = taken {
                 if let Err(err) = transaction.rollback().await {
                     tracing::warn!(error = %err, key = self.key.key(), "failed to roll back the idempotent request's transaction");
                 }
