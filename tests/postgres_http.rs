@@ -49,12 +49,8 @@ async fn pay(
         }
         Some("panic") => panic!("the handler panics after its write"),
         Some("escape") => {
-            let kept = tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                // The layer has ended the transaction by now.
-                assert!(kept.acquire().await.is_err());
-            });
+            // Kept past the handler, where the test finds it.
+            *KEPT.lock().unwrap() = Some(tx.clone());
             Ok((StatusCode::CREATED, body))
         }
         Some("hold") => {
@@ -64,6 +60,9 @@ async fn pay(
         _ => Ok((StatusCode::CREATED, body)),
     }
 }
+
+/// The handle an `escape` request keeps past its handler.
+static KEPT: std::sync::Mutex<Option<PgTransaction>> = std::sync::Mutex::new(None);
 
 /// A handler that takes the transaction on a route without a key.
 async fn no_key(_tx: PgTransaction) -> StatusCode {
@@ -173,20 +172,33 @@ async fn released(store: &PostgresStore, key: &str) -> bool {
     )
 }
 
+/// Sends the same keyed request twice: the first answer is `status`, the
+/// second the same, replayed; the reference has one row.
+async fn sent_twice_replays(
+    server: &Server,
+    path: &str,
+    key: &str,
+    then: &str,
+    reference: &str,
+    status: u16,
+) {
+    let (first, answer) = post_raw(server.addr, path, Some(key), then, reference).await;
+    assert_eq!(first, status, "{answer}");
+    let (again, answer) = post_raw(server.addr, path, Some(key), then, reference).await;
+    assert_eq!(again, status, "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "{answer}"
+    );
+    assert_eq!(rows(&server.pool, reference).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_and_the_record_commit_together_and_replay() {
     let server = serve().await;
-    let (status, first) = post_raw(server.addr, "/payments", Some("k1"), "201", "order-1").await;
-    assert_eq!(status, 201, "{first}");
-    let (status, again) = post_raw(server.addr, "/payments", Some("k1"), "201", "order-1").await;
-    assert_eq!(status, 201, "{again}");
-    assert!(
-        again
-            .to_ascii_lowercase()
-            .contains("idempotent-replayed: true"),
-        "{again}"
-    );
-    assert_eq!(rows(&server.pool, "order-1").await, 1);
+    sent_twice_replays(&server, "/payments", "k1", "201", "order-1", 201).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,6 +270,13 @@ async fn a_handle_kept_past_the_handler_is_refused_and_rolled_back() {
     assert!(answer.contains("transaction-escaped"), "{answer}");
     assert_eq!(rows(&server.pool, "order-5").await, 0);
     assert!(released(&server.store, "k5").await);
+    // The handle kept can no longer reach the transaction.
+    let kept = KEPT
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the handler kept its handle");
+    assert!(kept.acquire().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,33 +292,13 @@ async fn a_stored_5xx_commits_with_its_write() {
     // `store_server_errors`: the 500 is the result, stored and replayed,
     // and the write made before it commits with it.
     let server = serve_with(|layer| layer.store_server_errors()).await;
-    let (status, _) = post_raw(server.addr, "/payments", Some("k6"), "500", "order-6").await;
-    assert_eq!(status, 500);
-    let (status, again) = post_raw(server.addr, "/payments", Some("k6"), "500", "order-6").await;
-    assert_eq!(status, 500);
-    assert!(
-        again
-            .to_ascii_lowercase()
-            .contains("idempotent-replayed: true"),
-        "{again}"
-    );
-    assert_eq!(rows(&server.pool, "order-6").await, 1);
+    sent_twice_replays(&server, "/payments", "k6", "500", "order-6", 500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_ignores_the_transaction_still_works() {
     let server = serve().await;
-    let (status, first) = post_raw(server.addr, "/outside", Some("k7"), "201", "order-7").await;
-    assert_eq!(status, 201, "{first}");
-    let (status, again) = post_raw(server.addr, "/outside", Some("k7"), "201", "order-7").await;
-    assert_eq!(status, 201, "{again}");
-    assert!(
-        again
-            .to_ascii_lowercase()
-            .contains("idempotent-replayed: true"),
-        "{again}"
-    );
-    assert_eq!(rows(&server.pool, "order-7").await, 1);
+    sent_twice_replays(&server, "/outside", "k7", "201", "order-7", 201).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
