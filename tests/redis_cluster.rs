@@ -11,7 +11,7 @@ mod redis_server;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -22,12 +22,8 @@ use redis::cluster_async::ClusterConnection;
 use redis_server::cluster::{self, RedisCluster};
 use tower::ServiceExt;
 use tower_reissue::conformance::queue as queue_conformance;
-use tower_reissue::conformance::store::{
-    self as store_conformance, Timing, acquire, assert_completed, assert_fenced, fingerprint,
-    outcome,
-};
+use tower_reissue::conformance::store::{self as store_conformance, Timing};
 use tower_reissue::dead_letter::RedisQueue;
-use tower_reissue::idempotency::store::{IdempotencyStore, RecordKey, StoreError};
 use tower_reissue::{IdempotencyLayer, RedisStore};
 
 fn unique_prefix() -> String {
@@ -71,43 +67,7 @@ async fn cluster_zombie_holder_cannot_settle_the_newer_claim() {
     // Two instances, each with its own cluster connection.
     let prefix = unique_prefix();
     let (a, b) = (store(&prefix).await, store(&prefix).await);
-    let key = RecordKey::new("alice", "charge-1");
-    let long = Duration::from_secs(60);
-
-    let token_a = acquire(&a, &key, &fingerprint(1), Duration::from_millis(100)).await;
-    // A stalls (a GC pause, a partition) past its lease and past the
-    // record's expiry: Redis deletes the record on its own clock. Polled,
-    // so the test waits as long as Redis takes and no longer.
-    let name = a.key_of(&key);
-    let mut connection = a.connection().clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(&name)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if !exists {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the record never expired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // B's duplicate takes the key over.
-    let token_b = acquire(&b, &key, &fingerprint(1), long).await;
-    assert_ne!(token_a, token_b);
-
-    // A wakes up: it can neither complete, renew nor release B's claim, and
-    // trying changes nothing.
-    assert!(matches!(
-        a.complete(&key, token_a, outcome("A"), long).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert_fenced(&a, &key, token_a, long).await;
-    b.complete(&key, token_b, outcome("B"), long).await.unwrap();
-    assert_fenced(&a, &key, token_a, long).await;
-    assert_completed(&a, &key, &fingerprint(1), &outcome("B")).await;
-    assert_completed(&b, &key, &fingerprint(1), &outcome("B")).await;
+    store_conformance::check_takeover(&a, &b, Timing::REAL).await;
 }
 
 /// Counts the runs of each key, as the side effect a duplicate would repeat.

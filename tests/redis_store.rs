@@ -123,6 +123,48 @@ async fn tokens_follow_redis_clock_and_differ_between_claims() {
     let second = acquire(&store, &key, &fingerprint(1), Duration::from_secs(60)).await;
     assert!(second > first, "{second:?} after {first:?}");
     assert_fenced(&store, &key, first, Duration::from_secs(60)).await;
+
+    // The low 12 bits are the claiming instance's random ones, not a
+    // constant: over 16 claims they take more than one value.
+    store.release(&key, second).await.unwrap();
+    let mut low = std::collections::HashSet::new();
+    for _ in 0..16 {
+        let token = acquire(&store, &key, &fingerprint(1), Duration::from_secs(60)).await;
+        low.insert(token.get() & 0xfff);
+        store.release(&key, token).await.unwrap();
+    }
+    assert!(low.len() > 1, "the random bits: {low:?}");
+}
+
+#[tokio::test]
+async fn a_claim_no_replica_confirms_is_given_back_and_refused() {
+    // The shared server has no replica: `WAIT 1` times out unconfirmed.
+    let server = RedisServer::shared();
+    let prefix = unique_prefix();
+    let store = store_at(&server, &prefix)
+        .await
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .wait_on_claims(true);
+    let key = RecordKey::new("p", "unconfirmed");
+    let refused = store
+        .claim(&key, &fingerprint(1), Duration::from_secs(60))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    // The claim was given back: the record is gone, and a store that does
+    // not wait takes the key at once.
+    let mut redis = admin(&server).await;
+    let exists: bool = redis.exists(store.key_of(&key)).await.unwrap();
+    assert!(!exists, "the unconfirmed claim is released");
+    acquire(
+        &store_at(&server, &prefix).await,
+        &key,
+        &fingerprint(1),
+        Duration::from_secs(60),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -437,6 +437,13 @@ async fn a_total_outage_stays_within_the_budget_cap() {
          {REQUESTS} requests over {took:?} = {per_request:.3}x (bound {bound:.3}x)"
     );
     assert!(per_request <= bound, "{per_request} > {bound}");
+    // And a throttled retry is priced as such: charged like a failure, the
+    // retries would stop at the failure-priced share.
+    let failure_priced = 1.0 + RATIO + floor_share(took);
+    assert!(
+        per_request > failure_priced,
+        "{per_request} <= {failure_priced}: 429s retried as failures, or not at all"
+    );
 }
 
 /// Values a pushback header may carry that this crate does not understand:

@@ -283,6 +283,19 @@ pub enum Outcome<'a> {
 }
 
 impl<'a> Outcome<'a> {
+    /// The outcome of an attempt's result, as a layer sees it.
+    pub(crate) fn of<R: crate::request::RetryResponse>(
+        result: &'a Result<R, crate::error::BoxError>,
+    ) -> Self {
+        match result {
+            Ok(response) => Outcome::Response {
+                status: response.status(),
+                headers: response.headers(),
+            },
+            Err(error) => Outcome::Error(&**error),
+        }
+    }
+
     /// The response status, if the server answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

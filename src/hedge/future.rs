@@ -10,7 +10,7 @@ use super::HedgeLayer;
 use crate::circuit::BreakerState;
 use crate::classify::{Classifier, Outcome};
 use crate::error::BoxError;
-use crate::request::{Attempts, HttpTemplate, ReplayBody, RequestTemplate, RetryResponse};
+use crate::request::{HttpTemplate, ReplayBody, RequestTemplate, RetryResponse, with_attempts};
 use crate::telemetry::{self, AttemptSpan};
 
 pin_project! {
@@ -321,13 +321,7 @@ fn succeeded<C: Classifier, B: http_body::Body, R: RetryResponse>(
     result: &Result<R, BoxError>,
 ) -> bool {
     let request = template.view().with_attempt(number);
-    let outcome = match result {
-        Ok(response) => Outcome::Response {
-            status: response.status(),
-            headers: response.headers(),
-        },
-        Err(error) => Outcome::Error(&**error),
-    };
+    let outcome = Outcome::of(result);
     let verdict = config.classifier.classify(&request, &outcome);
     if let Some(span) = span {
         let _ = span.ended(&request, &outcome, verdict);
@@ -420,14 +414,4 @@ fn not_sent<B: http_body::Body>(
         "hedge not sent"
     );
     telemetry::hedge(reason);
-}
-
-fn with_attempts<R: RetryResponse>(
-    mut result: Result<R, BoxError>,
-    copies: u32,
-) -> Result<R, BoxError> {
-    if let Ok(response) = &mut result {
-        response.extensions_mut().insert(Attempts(copies));
-    }
-    result
 }

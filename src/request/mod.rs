@@ -22,8 +22,8 @@ mod view;
 
 pub use body::ReplayBody;
 pub use not_replayable::NotReplayable;
-pub(crate) use repeat::Repeat;
 pub use repeat::{Attempts, Retryable};
+pub(crate) use repeat::{Repeat, with_attempts};
 pub use view::RequestView;
 
 use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeySlot};

@@ -3,7 +3,8 @@
 //! (which adds what the answer tells) and the hedge layer (which has no
 //! answer yet when it sends a copy).
 
-use super::RequestView;
+use super::{RequestView, RetryResponse};
+use crate::error::BoxError;
 
 /// How many attempts (or copies) a response took, in its extensions.
 ///
@@ -17,6 +18,17 @@ use super::RequestView;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Attempts(pub u32);
+
+/// Puts `attempts` into a response's extensions; an error goes through.
+pub(crate) fn with_attempts<R: RetryResponse>(
+    mut result: Result<R, BoxError>,
+    attempts: u32,
+) -> Result<R, BoxError> {
+    if let Ok(response) = &mut result {
+        response.extensions_mut().insert(Attempts(attempts));
+    }
+    result
+}
 
 impl Attempts {
     /// The number of attempts, counting the first.

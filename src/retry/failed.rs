@@ -11,11 +11,12 @@ use super::check::{self, Checked, Stop};
 use super::decide::{self, Next};
 use super::future::{ResponseFuture, ResponseFutureProj, State, StateProj};
 use super::reconcile::{self, Probe, Reconciled, Settled};
-use super::report::{self, give_up, outcome_of, with_attempts};
+use super::report::{self, give_up};
 use super::timer::{Timer, arm, attempt_ends, poll_answer, rearm};
 use super::{Attempts, GiveUpReason};
 use crate::BoxError;
 use crate::classify::{Classifier, Outcome, RequestView};
+use crate::request::with_attempts;
 use crate::request::{RequestTemplate, RetryResponse};
 use crate::telemetry;
 use crate::{Processed, Verdict};
@@ -131,7 +132,7 @@ where
 {
     let mut this = future.project();
     let request = this.template.view().with_attempt(this.progress.attempt);
-    let outcome = outcome_of(&result);
+    let outcome = Outcome::of(&result);
     let error_type = this.span.ended(&request, &outcome, verdict);
     // The decision's events belong to this attempt's span.
     let entered = this.span.enter();
@@ -182,7 +183,7 @@ where
                 processed: Processed::No,
                 retry_after: verdict.retry_after(),
             };
-            let outcome = outcome_of(&result);
+            let outcome = Outcome::of(&result);
             let next = decide_next(&this, &request, &outcome, verdict);
             drop(entered);
             let error_type = telemetry::ErrorType::of(&outcome);

@@ -10,11 +10,11 @@ use super::RetryLayer;
 use super::check::Check;
 use super::decide::Progress;
 use super::failed::{self, Failed, Reconciling};
-use super::report::{outcome_of, with_attempts};
 use super::timer::{Timer, arm, attempt_ends, expired, timed_out};
 use crate::BoxError;
 use crate::Verdict;
-use crate::classify::Classifier;
+use crate::classify::{Classifier, Outcome};
+use crate::request::with_attempts;
 use crate::request::{RequestTemplate, RetryResponse};
 use crate::telemetry;
 
@@ -142,7 +142,7 @@ where
                     this.template.attempt_done();
                     let attempt = this.progress.attempt;
                     let request = this.template.view().with_attempt(attempt);
-                    let outcome = outcome_of(&result);
+                    let outcome = Outcome::of(&result);
                     let verdict = this.config.classifier.classify(&request, &outcome);
                     if verdict == Verdict::Success {
                         // The common case, decided here: nothing below it

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Attempts, GiveUpEvent, GiveUpReason, RetryEvent, RetryLayer, sink};
+use super::{GiveUpEvent, GiveUpReason, RetryEvent, RetryLayer, sink};
 use crate::BoxError;
 use crate::classify::{Outcome, RequestView};
 use crate::request::{RequestTemplate, RetryResponse};
@@ -11,26 +11,6 @@ use crate::{Verdict, telemetry};
 
 /// An attempt's result as the classifier sees it.
 #[inline(always)]
-pub(super) fn outcome_of<R: RetryResponse>(result: &Result<R, BoxError>) -> Outcome<'_> {
-    match result {
-        Ok(response) => Outcome::Response {
-            status: response.status(),
-            headers: response.headers(),
-        },
-        Err(error) => Outcome::Error(&**error),
-    }
-}
-
-pub(super) fn with_attempts<R: RetryResponse>(
-    mut result: Result<R, BoxError>,
-    attempts: u32,
-) -> Result<R, BoxError> {
-    if let Ok(response) = &mut result {
-        response.extensions_mut().insert(Attempts(attempts));
-    }
-    result
-}
-
 /// The one place a retry is reported: the `tracing` event, the metrics and
 /// the hook.
 pub(super) fn retrying<C>(
@@ -96,7 +76,7 @@ pub(super) fn give_up<C, T: RequestTemplate, R: RetryResponse>(
             request,
             attempts,
             reason,
-            last: last.map(outcome_of),
+            last: last.map(Outcome::of),
             body: &|| template.kept_body(),
         };
         if let Some(parking) = sink.park(&gave_up) {

@@ -26,6 +26,12 @@ pub struct RecordKey {
     hash: u64,
 }
 
+/// The hasher of [`RecordKey::stable_hash`], its key derived from the context
+/// once rather than on every call.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+static TAG_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("tower-reissue 2026 record hash tag v1"));
+
 /// One random SipHash key for the whole process: keys are chosen by clients,
 /// so their hashes must not be predictable.
 static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
@@ -114,7 +120,7 @@ impl RecordKey {
         // BLAKE3 in its key-derivation mode under a fixed context: the same
         // on every machine and in every release that keeps the context.
         // Lengths in front keep ("ab", "c") apart from ("a", "bc").
-        let mut hasher = blake3::Hasher::new_derive_key("tower-reissue 2026 record hash tag v1");
+        let mut hasher = TAG_HASHER.clone();
         hasher.update(&(self.principal.len() as u64).to_le_bytes());
         hasher.update(self.principal.as_bytes());
         hasher.update(&(self.key.len() as u64).to_le_bytes());
