@@ -297,14 +297,25 @@ async fn when_every_copy_fails_the_caller_gets_the_first_copys_answer() {
     // answers 500 "copy 2" at once.
     let server = first_stalls().await;
     let _clock = ManualClock::hold().await;
-    let client = HedgeLayer::new(DELAY).layer(common::client::<Body_>());
+    // The classifier reports what it judged, so that the test knows when
+    // the hedge's 500 has come back.
+    let (judged_tx, mut judged) = tokio::sync::watch::channel(0_usize);
+    let judged_tx = Arc::new(judged_tx);
+    let classifier = move |request: &RequestView<'_>, outcome: &Outcome<'_>| -> Verdict {
+        judged_tx.send_modify(|n| *n += 1);
+        DefaultClassifier::new().classify(request, outcome)
+    };
+    let client = HedgeLayer::new(DELAY)
+        .classifier(classifier)
+        .layer(common::client::<Body_>());
 
     let call = tokio::spawn(client.oneshot(request(Method::GET, &server.url("/fail"), "")));
     until_seen(&server, 1).await;
     tokio::time::advance(DELAY + TICK).await;
-    until_seen(&server, 2).await;
-    // The hedge's 500 is back or on its way; the caller still waits.
-    tokio::task::yield_now().await;
+    // The hedge's 500 is judged while the first copy stalls: it must not
+    // have ended the call.
+    judged.wait_for(|n| *n == 1).await.unwrap();
+    assert!(!call.is_finished());
     tokio::time::advance(STALL).await;
     let response = call.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
